@@ -1,0 +1,52 @@
+"""The function app: an HTTP trigger and a queue trigger that cancel Azure OpenAI fine-tuning jobs.
+
+Each trigger reads its input, makes one call into `shared.cancel`, and turns the result
+record into its answer; every request or message ends in one record on the results queue.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import azure.functions as func
+
+from shared.cancel import cancel_from_http, cancel_from_queue, max_dequeue_count, should_retry_message
+from shared.records import ResultRecord
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+MAX_DEQUEUE_COUNT = max_dequeue_count(Path(__file__).with_name("host.json"))
+
+class RetryLater(Exception):
+    """Raised so the host makes the message visible again and retries it."""
+
+@app.function_name("cancel_job_http")
+@app.route(route="openai/fine_tuning/jobs/{job_id}/cancel", methods=["POST"])
+@app.queue_output(arg_name="results", queue_name="%CANCEL_RESULTS_QUEUE%", connection="AzureWebJobsStorage")
+def cancel_job_http(req: func.HttpRequest, results: func.Out[str]) -> func.HttpResponse:
+    """POST /api/openai/fine_tuning/jobs/{job_id}/cancel, answered like Azure OpenAI's own route."""
+    record = cancel_from_http(req.route_params.get("job_id"), req.headers.get("x-correlation-id"))
+    results.set(record.to_json())
+    return _http_response(record)
+
+@app.function_name("cancel_job_queue")
+@app.queue_trigger(arg_name="msg", queue_name="%CANCEL_REQUESTS_QUEUE%", connection="AzureWebJobsStorage")
+@app.queue_output(arg_name="results", queue_name="%CANCEL_RESULTS_QUEUE%", connection="AzureWebJobsStorage")
+def cancel_job_queue(msg: func.QueueMessage, results: func.Out[str]) -> None:
+    """One message of the request queue: a job id or {"job_id": ...}, plain or base64."""
+    record = cancel_from_queue(msg.get_body(), dequeue_count=msg.dequeue_count)
+    if should_retry_message(record, dequeue_count=msg.dequeue_count, max_dequeue_count=MAX_DEQUEUE_COUNT):
+        raise RetryLater(
+            f"message {msg.id} attempt {msg.dequeue_count} of {MAX_DEQUEUE_COUNT}: {record.error['message']}"
+        )
+    results.set(record.to_json())
+
+def _http_response(record: ResultRecord) -> func.HttpResponse:
+    body = {"error": record.error} if record.error is not None else record.job
+    headers = {"x-request-id": record.request_id}
+    if record.retry_after_seconds is not None:
+        headers["Retry-After"] = str(record.retry_after_seconds)
+    return func.HttpResponse(
+        json.dumps(body), status_code=record.status_code, headers=headers, mimetype="application/json"
+    )

@@ -1,0 +1,195 @@
+"""Job ids, cancel requests as they arrive, and the result record of CONTRACT sections 2, 4 and 5."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+JOB_ID_PATTERN = re.compile(r"(ftjob|ft)-[A-Za-z0-9]{1,64}")  # use with fullmatch
+CORRELATION_ID_MAX_LENGTH = 128
+REJECTED_TEXT_MAX_LENGTH = 200
+SCHEMA_VERSION = 1
+
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")  # use with fullmatch
+_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/]+={0,2}")  # use with fullmatch
+
+
+class Outcome(str, Enum):
+    """How one cancel request ended."""
+
+    CANCELLED = "cancelled"
+    ALREADY_TERMINAL = "already_terminal"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+class Trigger(str, Enum):
+    """Which trigger received the request."""
+
+    HTTP = "http"
+    QUEUE = "queue"
+
+
+class InvalidRequest(Exception):
+    """The request cannot be served as sent: a bad job id, correlation id or message."""
+
+    def __init__(self, message: str, *, target: str, job_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.target = target
+        self.job_id = job_id
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """One validated request to cancel one job."""
+
+    job_id: str
+    trigger: Trigger
+    correlation_id: str | None = None
+    dequeue_count: int | None = None
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    received_at: datetime = field(default_factory=lambda: utc_now())
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def format_time(moment: datetime) -> str:
+    """UTC, ISO 8601 with milliseconds and `Z`."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def shorten(text: str) -> str:
+    """The offending text as a rejected record keeps it: at most 200 characters."""
+    return text[:REJECTED_TEXT_MAX_LENGTH]
+
+
+def validate_job_id(job_id: object) -> str:
+    """Return the job id if it matches CONTRACT section 2, else raise `InvalidRequest`."""
+    if isinstance(job_id, str) and JOB_ID_PATTERN.fullmatch(job_id):
+        return job_id
+    shown = job_id if isinstance(job_id, str) else json.dumps(job_id)
+    raise InvalidRequest(
+        f"'{shorten(shown)}' is not a fine-tuning job id (expected ftjob-<letters and digits>)",
+        target="job_id",
+        job_id=shorten(job_id) if isinstance(job_id, str) else None,
+    )
+
+
+def validate_correlation_id(correlation_id: object) -> str | None:
+    """Return the correlation id (None when absent), else raise `InvalidRequest`."""
+    if correlation_id is None:
+        return None
+    if (
+        isinstance(correlation_id, str)
+        and len(correlation_id) <= CORRELATION_ID_MAX_LENGTH
+        and _PRINTABLE_ASCII.fullmatch(correlation_id)
+    ):
+        return correlation_id
+    raise InvalidRequest(
+        f"correlation id must be at most {CORRELATION_ID_MAX_LENGTH} printable ASCII characters",
+        target="correlation_id",
+    )
+
+
+def parse_queue_message(body: bytes, *, dequeue_count: int | None) -> CancelRequest:
+    """Read a queue message body: a bare job id or a JSON object, either optionally base64-encoded.
+
+    Raises `InvalidRequest` carrying whatever job id could be read, for the rejected record.
+    """
+    try:
+        text = body.decode("utf-8").strip()
+    except UnicodeDecodeError as err:
+        raise InvalidRequest(
+            f"message is not UTF-8 text: '{shorten(body.decode('utf-8', 'replace'))}'", target="message"
+        ) from err
+    if _BASE64_TEXT.fullmatch(text):  # base64 text holds neither "-" nor "{": unambiguous
+        text = _base64_decoded(text) or text
+    if text.startswith("{"):
+        return _parse_json_message(text, dequeue_count=dequeue_count)
+    return CancelRequest(job_id=validate_job_id(text), trigger=Trigger.QUEUE, dequeue_count=dequeue_count)
+
+
+def _base64_decoded(text: str) -> str | None:
+    """The UTF-8 text that `text` encodes in base64, or None when it encodes none."""
+    try:
+        return base64.b64decode(text, validate=True).decode("utf-8").strip()
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _parse_json_message(text: str, *, dequeue_count: int | None) -> CancelRequest:
+    try:
+        message = json.loads(text)
+    except ValueError as err:
+        raise InvalidRequest(f"message is not valid JSON: '{shorten(text)}'", target="message") from err
+    if not isinstance(message, dict) or "job_id" not in message:
+        raise InvalidRequest(
+            f"JSON message needs a \"job_id\" field: '{shorten(text)}'", target="job_id"
+        )
+    raw_job_id = message["job_id"]
+    job_id = validate_job_id(raw_job_id)
+    try:
+        correlation_id = validate_correlation_id(message.get("correlation_id"))
+    except InvalidRequest as err:
+        raise InvalidRequest(err.message, target=err.target, job_id=job_id) from err
+    return CancelRequest(
+        job_id=job_id,
+        trigger=Trigger.QUEUE,
+        correlation_id=correlation_id,
+        dequeue_count=dequeue_count,
+    )
+
+
+@dataclass
+class ResultRecord:
+    """One record on the results queue (CONTRACT section 5)."""
+
+    job_id: str | None
+    outcome: Outcome
+    status_code: int
+    trigger: Trigger
+    request_id: str
+    received_at: datetime
+    job: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    retryable: bool = False
+    correlation_id: str | None = None
+    upstream_request_id: str | None = None
+    attempts: int = 0
+    dequeue_count: int | None = None
+    completed_at: datetime = field(default_factory=utc_now)
+    retry_after_seconds: int | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record's JSON shape, fields in the contract's order."""
+        record = asdict(self)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "job_id": self.job_id,
+            "outcome": self.outcome.value,
+            "job": record["job"],
+            "error": record["error"],
+            "status_code": self.status_code,
+            "retryable": self.retryable,
+            "trigger": self.trigger.value,
+            "correlation_id": self.correlation_id,
+            "request_id": self.request_id,
+            "upstream_request_id": self.upstream_request_id,
+            "attempts": self.attempts,
+            "dequeue_count": self.dequeue_count,
+            "received_at": format_time(self.received_at),
+            "completed_at": format_time(self.completed_at),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)

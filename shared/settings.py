@@ -1,0 +1,244 @@
+"""The app settings of CONTRACT section 1, read from the environment and validated in one place.
+
+`load_settings()` returns the same frozen `Settings` object for as long as the environment's
+values stay the same, so each process reads and validates its configuration once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+logger = logging.getLogger(__name__)
+
+# Setting names, exactly as CONTRACT.md section 1 writes them.
+AZURE_OPENAI_ENDPOINT = "AZURE_OPENAI_ENDPOINT"
+AZURE_OPENAI_API_VERSION = "AZURE_OPENAI_API_VERSION"
+KEY_VAULT_URL = "KEY_VAULT_URL"
+AZURE_OPENAI_KEY_SECRET_NAME = "AZURE_OPENAI_KEY_SECRET_NAME"
+SECRET_CACHE_SECONDS = "SECRET_CACHE_SECONDS"
+KEY_VAULT_VERIFY_CHALLENGE_RESOURCE = "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE"
+CANCEL_REQUESTS_QUEUE = "CANCEL_REQUESTS_QUEUE"
+CANCEL_RESULTS_QUEUE = "CANCEL_RESULTS_QUEUE"
+UPSTREAM_TIMEOUT_SECONDS = "UPSTREAM_TIMEOUT_SECONDS"
+UPSTREAM_MAX_RETRIES = "UPSTREAM_MAX_RETRIES"
+UPSTREAM_DEADLINE_SECONDS = "UPSTREAM_DEADLINE_SECONDS"
+AZURE_WEB_JOBS_STORAGE = "AzureWebJobsStorage"
+
+# Defaults of the optional settings; the required ones have none.
+SETTING_DEFAULTS: Mapping[str, str] = {
+    AZURE_OPENAI_API_VERSION: "2024-10-21",
+    AZURE_OPENAI_KEY_SECRET_NAME: "azure-openai-api-key",
+    SECRET_CACHE_SECONDS: "300",
+    KEY_VAULT_VERIFY_CHALLENGE_RESOURCE: "true",
+    CANCEL_REQUESTS_QUEUE: "cancel-requests",
+    CANCEL_RESULTS_QUEUE: "cancel-results",
+    UPSTREAM_TIMEOUT_SECONDS: "30",
+    UPSTREAM_MAX_RETRIES: "3",
+    UPSTREAM_DEADLINE_SECONDS: "60",
+}
+REQUIRED_SETTINGS = (AZURE_OPENAI_ENDPOINT, KEY_VAULT_URL, AZURE_WEB_JOBS_STORAGE)
+SETTING_NAMES = (*REQUIRED_SETTINGS, *SETTING_DEFAULTS)
+
+# Read by the SDKs our code path goes through; a change to them must rebuild the clients too.
+SDK_ENVIRONMENT = (
+    "AZURE_CLIENT_ID",
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "REQUESTS_CA_BUNDLE",
+    "SSL_CERT_FILE",
+)
+
+UPSTREAM_CONNECT_TIMEOUT_SECONDS = 5.0
+
+_QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
+_SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
+_API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+class SettingsError(Exception):
+    """A required setting is missing or a setting's value is malformed."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"app setting {name} {problem}")
+        self.name = name
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration of one function app process."""
+
+    openai_endpoint: str
+    api_version: str
+    key_vault_url: str
+    key_secret_name: str
+    secret_cache_seconds: float
+    verify_challenge_resource: bool
+    requests_queue: str
+    results_queue: str
+    upstream_timeout_seconds: float
+    upstream_max_retries: int
+    upstream_deadline_seconds: float
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """Read and validate every setting; raise `SettingsError` naming the first bad one."""
+
+        def value(name: str) -> str:
+            raw = environ.get(name, "").strip()
+            if raw:
+                return raw
+            if name in SETTING_DEFAULTS:
+                return SETTING_DEFAULTS[name]
+            raise SettingsError(name, "is required but not set")
+
+        if not value_of_storage_connection(environ):
+            raise SettingsError(
+                AZURE_WEB_JOBS_STORAGE,
+                "is required but not set (nor identity-based AzureWebJobsStorage__* settings)",
+            )
+        return cls(
+            openai_endpoint=_endpoint(AZURE_OPENAI_ENDPOINT, value(AZURE_OPENAI_ENDPOINT)),
+            api_version=_matching(AZURE_OPENAI_API_VERSION, value(AZURE_OPENAI_API_VERSION), _API_VERSION),
+            key_vault_url=_vault_url(KEY_VAULT_URL, value(KEY_VAULT_URL)),
+            key_secret_name=_matching(
+                AZURE_OPENAI_KEY_SECRET_NAME, value(AZURE_OPENAI_KEY_SECRET_NAME), _SECRET_NAME
+            ),
+            secret_cache_seconds=_number(SECRET_CACHE_SECONDS, value(SECRET_CACHE_SECONDS), minimum=0),
+            verify_challenge_resource=_boolean(
+                KEY_VAULT_VERIFY_CHALLENGE_RESOURCE, value(KEY_VAULT_VERIFY_CHALLENGE_RESOURCE)
+            ),
+            requests_queue=_matching(CANCEL_REQUESTS_QUEUE, value(CANCEL_REQUESTS_QUEUE), _QUEUE_NAME),
+            results_queue=_matching(CANCEL_RESULTS_QUEUE, value(CANCEL_RESULTS_QUEUE), _QUEUE_NAME),
+            upstream_timeout_seconds=_number(
+                UPSTREAM_TIMEOUT_SECONDS, value(UPSTREAM_TIMEOUT_SECONDS), minimum=0.001
+            ),
+            upstream_max_retries=int(
+                _number(UPSTREAM_MAX_RETRIES, value(UPSTREAM_MAX_RETRIES), minimum=0, integer=True)
+            ),
+            upstream_deadline_seconds=_number(
+                UPSTREAM_DEADLINE_SECONDS, value(UPSTREAM_DEADLINE_SECONDS), minimum=0.001
+            ),
+        )
+
+
+def value_of_storage_connection(environ: Mapping[str, str]) -> bool:
+    """Whether the host's storage connection is configured, by string or by identity."""
+    if environ.get(AZURE_WEB_JOBS_STORAGE, "").strip():
+        return True
+    prefix = AZURE_WEB_JOBS_STORAGE + "__"
+    return any(name.startswith(prefix) and value.strip() for name, value in environ.items())
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost: the hosts an http endpoint is allowed on."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _endpoint(name: str, raw: str) -> str:
+    parts = _url_parts(name, raw)
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
+        raise SettingsError(name, "must use https (plain http is allowed for a loopback host only)")
+    if parts.query or parts.fragment:
+        raise SettingsError(name, "must not carry a query or fragment")
+    return raw.rstrip("/")
+
+
+def _vault_url(name: str, raw: str) -> str:
+    parts = _url_parts(name, raw)
+    if parts.scheme != "https":
+        raise SettingsError(name, "must be an https URL (the Key Vault client refuses http)")
+    return raw if raw.endswith("/") else raw + "/"
+
+
+def _url_parts(name: str, raw: str):
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError as err:
+        raise SettingsError(name, "is not a valid URL") from err
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(name, "must be an absolute https:// URL")
+    return parts
+
+
+def _matching(name: str, raw: str, pattern: re.Pattern[str]) -> str:
+    if not pattern.match(raw):
+        raise SettingsError(name, f"is malformed (expected {pattern.pattern})")
+    return raw
+
+
+def _number(name: str, raw: str, *, minimum: float, integer: bool = False) -> float:
+    try:
+        number = int(raw) if integer else float(raw)
+    except ValueError as err:
+        kind = "a whole number" if integer else "a number"
+        raise SettingsError(name, f"must be {kind}") from err
+    if not number >= minimum or number == float("inf"):
+        raise SettingsError(name, f"must be a finite number of at least {minimum:g}")
+    return number
+
+
+def _boolean(name: str, raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise SettingsError(name, "must be true or false")
+
+
+class _SettingsCache:
+    """Keeps the last validated Settings with the environment values they were read from."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._snapshot: tuple[str | None, ...] | None = None
+        self._result: Settings | SettingsError | None = None
+
+    def load(self, environ: Mapping[str, str]) -> Settings:
+        snapshot = environment_snapshot(environ)
+        with self._lock:
+            if snapshot != self._snapshot:
+                try:
+                    self._result = Settings.from_environ(environ)
+                except SettingsError as err:
+                    self._result = err
+                    # Reported once per configuration, not once per invocation.
+                    logger.error("Configuration error: %s", err)
+                self._snapshot = snapshot
+            result = self._result
+        if isinstance(result, SettingsError):
+            raise result
+        assert result is not None
+        return result
+
+
+def environment_snapshot(environ: Mapping[str, str]) -> tuple[str | None, ...]:
+    """The values of every variable the app's code path reads, storage settings included."""
+    storage = tuple(sorted((k, v) for k, v in environ.items() if k.startswith(AZURE_WEB_JOBS_STORAGE)))
+    return (*(environ.get(name) for name in (*SETTING_NAMES, *SDK_ENVIRONMENT)), repr(storage))
+
+
+_cache = _SettingsCache()
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The validated settings of this process; raises `SettingsError` naming a bad setting."""
+    return _cache.load(os.environ if environ is None else environ)

@@ -1,0 +1,202 @@
+"""The Azure OpenAI fine-tuning client: one `requests.Session` per process and the retry loop.
+
+`UpstreamClient.send` makes one logical call: up to `UPSTREAM_MAX_RETRIES` retries for
+connection errors, timeouts, 408, 429 and 5xx, waiting as `shared.retry` advises, never past
+the cancel's deadline. Any other answer is returned to the caller to judge.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from shared.errors import ConnectFailed, NoResponse, RetryableStatus, TimedOut, UnreadableBody
+from shared.retry import backoff_seconds, is_retryable_status, retry_after_seconds
+from shared.settings import UPSTREAM_CONNECT_TIMEOUT_SECONDS, Settings
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20  # a FineTuningJob is a few KiB; anything past 1 MiB is not one
+POOL_SIZE = 32  # above the queue trigger's batch size plus the HTTP trigger's concurrency
+LOGGED_RESPONSE_HEADERS = ("apim-request-id", "x-request-id", "x-ms-region", "retry-after", "retry-after-ms")
+_READ_CHUNK = 64 * 1024
+
+
+@dataclass
+class CallTrace:
+    """What one cancel sent upstream, for its record: how many calls, and the last request id."""
+
+    attempts: int = 0
+    upstream_request_id: str | None = None
+
+
+@dataclass
+class UpstreamReply:
+    """A non-retryable answer: its status, request id and JSON body (None when there was none)."""
+
+    status: int
+    body: Any
+    request_id: str | None
+    content_type: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class UpstreamClient:
+    """Calls `{endpoint}/openai/fine_tuning/jobs/...` with the api-key, retrying what is retryable."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._base = settings.openai_endpoint + "/openai/fine_tuning/jobs/"
+        self._session = session or _new_session()
+        self._sleep = sleep
+        self._clock = clock
+
+    def cancel_job(self, job_id: str, api_key: str, *, deadline: float, trace: CallTrace) -> UpstreamReply:
+        """POST .../jobs/{id}/cancel."""
+        return self.send("POST", f"{quote(job_id, safe='')}/cancel", api_key, deadline=deadline, trace=trace)
+
+    def get_job(self, job_id: str, api_key: str, *, deadline: float, trace: CallTrace) -> UpstreamReply:
+        """GET .../jobs/{id}."""
+        return self.send("GET", quote(job_id, safe=""), api_key, deadline=deadline, trace=trace)
+
+    def send(self, method: str, path: str, api_key: str, *, deadline: float, trace: CallTrace) -> UpstreamReply:
+        """One logical call with retries; raises `NoResponse` or `RetryableStatus` when they run out."""
+        url = self._base + path
+        params = {"api-version": self._settings.api_version}
+        headers = {"api-key": api_key, "accept": "application/json"}
+        max_retries = self._settings.upstream_max_retries
+        for retries_so_far in range(max_retries + 1):
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise TimedOut(f"deadline of {self._settings.upstream_deadline_seconds:g} s passed", retry_after=1)
+            trace.attempts += 1
+            try:
+                reply = self._attempt(method, url, params, headers, remaining)
+            except NoResponse as err:
+                failure: NoResponse | RetryableStatus = err
+                advised = None
+                logger.info("%s %s attempt %d: %s", method, path, retries_so_far + 1, err.message)
+            else:
+                trace.upstream_request_id = reply.request_id
+                if not is_retryable_status(reply.status):
+                    return reply
+                advised = retry_after_seconds(reply.headers)
+                failure = RetryableStatus(
+                    f"Azure OpenAI answered {reply.status}",
+                    status=reply.status,
+                    request_id=reply.request_id,
+                )
+                logger.info(
+                    "%s %s attempt %d: status %d, request id %s",
+                    method, path, retries_so_far + 1, reply.status, reply.request_id,
+                )
+            wait = advised if advised is not None else backoff_seconds(retries_so_far)
+            failure.retry_after = wait
+            if retries_so_far == max_retries:
+                raise failure
+            if self._clock() + wait >= deadline:
+                failure.message += f"; the next retry in {wait:.1f} s would pass the deadline"
+                raise failure
+            self._sleep(wait)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def _attempt(
+        self, method: str, url: str, params: dict[str, str], headers: dict[str, str], remaining: float
+    ) -> UpstreamReply:
+        """One HTTP exchange, body read in full (capped) before the read timeout runs out."""
+        read_timeout = min(self._settings.upstream_timeout_seconds, remaining)
+        started = self._clock()
+        try:
+            response = self._session.request(
+                method,
+                url,
+                params=params,
+                headers=headers,
+                timeout=(min(UPSTREAM_CONNECT_TIMEOUT_SECONDS, read_timeout), read_timeout),
+                allow_redirects=False,
+                stream=True,
+            )
+        except requests.Timeout as err:
+            raise TimedOut(f"no answer within {read_timeout:g} s") from err
+        except requests.RequestException as err:
+            raise ConnectFailed(f"could not reach Azure OpenAI ({type(err).__name__})") from err
+        request_id = response.headers.get("apim-request-id") or response.headers.get("x-request-id")
+        try:
+            raw = self._read_body(response, started + read_timeout, request_id)
+        except BaseException:
+            response.close()  # drops a connection with unread bytes on it
+            raise
+        response.raw.release_conn()  # fully read: the connection goes back to the pool
+        headers_seen = {name: response.headers[name] for name in LOGGED_RESPONSE_HEADERS if name in response.headers}
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s -> %d %s", method, url, response.status_code, headers_seen)
+        if 300 <= response.status_code < 400:
+            target = response.headers.get("location", "nowhere")
+            raise UnreadableBody(
+                f"Azure OpenAI answered a redirect ({response.status_code} to {target[:200]}), not followed",
+                status=response.status_code,
+                request_id=request_id,
+            )
+        return UpstreamReply(
+            status=response.status_code,
+            body=_json_or_none(raw),
+            request_id=request_id,
+            content_type=response.headers.get("content-type", ""),
+            headers=headers_seen,
+        )
+
+    def _read_body(self, response: requests.Response, read_by: float, request_id: str | None) -> bytes:
+        """The body, at most MAX_BODY_BYTES, and only while time is left: a trickle cannot hold us."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while chunk := response.raw.read1(_READ_CHUNK, decode_content=True):
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise UnreadableBody(
+                        f"Azure OpenAI answered {response.status_code} with a body over {MAX_BODY_BYTES} bytes",
+                        status=response.status_code,
+                        request_id=request_id,
+                    )
+                chunks.append(chunk)
+                if self._clock() > read_by:
+                    raise TimedOut("the answer did not arrive in full before the read timeout")
+        except urllib3.exceptions.ReadTimeoutError as err:
+            raise TimedOut("the answer did not arrive in full before the read timeout") from err
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise ConnectFailed("the connection broke while reading the answer") from err
+        return b"".join(chunks)
+
+
+def _json_or_none(raw: bytes) -> Any:
+    """The parsed JSON body, or None when the body is empty, not JSON or not UTF-8."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _new_session() -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
