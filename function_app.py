@@ -14,7 +14,18 @@ import azure.functions as func
 from shared.cancel import cancel_from_http, cancel_from_queue, max_dequeue_count, should_retry_message
 from shared.records import ResultRecord
 
-app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+
+class CancelFunctionApp(func.FunctionApp):
+    """A FunctionApp that can be indexed more than once (by the host, a local runner, tests)."""
+
+    def get_functions(self) -> list[func.Function]:
+        # azure-functions 1.2x remembers names across calls and takes a second indexing for duplicates.
+        self.functions_bindings = {}
+        return super().get_functions()
+
+
+app = CancelFunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 MAX_DEQUEUE_COUNT = max_dequeue_count(Path(__file__).with_name("host.json"))
 

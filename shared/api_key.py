@@ -133,7 +133,7 @@ class ApiKeySource:
         status = getattr(err, "status_code", None)
         if isinstance(err, ResourceNotFoundError):
             reason, transient = "was not found (set it with az keyvault secret set)", False
-        elif isinstance(err, ClientAuthenticationError) and status == 403:
+        elif status == 403:
             reason, transient = "could not be read: access denied (the identity needs Key Vault Secrets User)", False
         elif isinstance(err, ClientAuthenticationError) and status is None:
             reason, transient = "could not be read: no token for the app's identity", True

@@ -115,20 +115,20 @@ class Settings:
             key_secret_name=_matching(
                 AZURE_OPENAI_KEY_SECRET_NAME, value(AZURE_OPENAI_KEY_SECRET_NAME), _SECRET_NAME
             ),
-            secret_cache_seconds=_number(SECRET_CACHE_SECONDS, value(SECRET_CACHE_SECONDS), minimum=0),
+            secret_cache_seconds=_number(SECRET_CACHE_SECONDS, value(SECRET_CACHE_SECONDS), positive=False),
             verify_challenge_resource=_boolean(
                 KEY_VAULT_VERIFY_CHALLENGE_RESOURCE, value(KEY_VAULT_VERIFY_CHALLENGE_RESOURCE)
             ),
             requests_queue=_matching(CANCEL_REQUESTS_QUEUE, value(CANCEL_REQUESTS_QUEUE), _QUEUE_NAME),
             results_queue=_matching(CANCEL_RESULTS_QUEUE, value(CANCEL_RESULTS_QUEUE), _QUEUE_NAME),
             upstream_timeout_seconds=_number(
-                UPSTREAM_TIMEOUT_SECONDS, value(UPSTREAM_TIMEOUT_SECONDS), minimum=0.001
+                UPSTREAM_TIMEOUT_SECONDS, value(UPSTREAM_TIMEOUT_SECONDS), positive=True
             ),
             upstream_max_retries=int(
-                _number(UPSTREAM_MAX_RETRIES, value(UPSTREAM_MAX_RETRIES), minimum=0, integer=True)
+                _number(UPSTREAM_MAX_RETRIES, value(UPSTREAM_MAX_RETRIES), positive=False, integer=True)
             ),
             upstream_deadline_seconds=_number(
-                UPSTREAM_DEADLINE_SECONDS, value(UPSTREAM_DEADLINE_SECONDS), minimum=0.001
+                UPSTREAM_DEADLINE_SECONDS, value(UPSTREAM_DEADLINE_SECONDS), positive=True
             ),
         )
 
@@ -184,14 +184,15 @@ def _matching(name: str, raw: str, pattern: re.Pattern[str]) -> str:
     return raw
 
 
-def _number(name: str, raw: str, *, minimum: float, integer: bool = False) -> float:
+def _number(name: str, raw: str, *, positive: bool, integer: bool = False) -> float:
     try:
         number = int(raw) if integer else float(raw)
     except ValueError as err:
         kind = "a whole number" if integer else "a number"
         raise SettingsError(name, f"must be {kind}") from err
-    if not number >= minimum or number == float("inf"):
-        raise SettingsError(name, f"must be a finite number of at least {minimum:g}")
+    in_range = number > 0 if positive else number >= 0
+    if not in_range or number == float("inf"):
+        raise SettingsError(name, "must be a finite number above zero" if positive else "must not be negative")
     return number
 
 

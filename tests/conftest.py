@@ -1,0 +1,158 @@
+"""Fixtures: the emulators at the network boundary, the contract's settings, and the real handlers.
+
+Handlers are found in `function_app.app` by trigger type, as the host finds them, and called
+with real `func.HttpRequest` / `QueueMessage` objects and an output binding that keeps what
+the function set.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+import pytest
+from azure.functions.queue import QueueMessage
+
+from devstack.keyvault_emulator import KeyVaultEmulator
+from devstack.openai_sim import FineTuningSimulator
+
+API_KEY = "sim-key-3b9d0c8e41f24a7f9d2e6c5b1a0f8e73"  # distinctive, so a leak is found by search
+SECRET_NAME = "azure-openai-api-key"
+
+
+@dataclass
+class Output(func.Out):
+    """A queue output binding: what the function set, if anything."""
+
+    values: list[str] = field(default_factory=list)
+
+    def set(self, val: str) -> None:
+        self.values.append(val)
+
+    def get(self) -> str:
+        return self.values[-1]
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(value) for value in self.values]
+
+
+def _handler(trigger_type: str) -> Callable[..., Any]:
+    import function_app
+
+    for function in function_app.app.get_functions():
+        if any(binding.type == trigger_type for binding in function.get_bindings()):
+            return function.get_user_function()
+    raise LookupError(trigger_type)
+
+
+@pytest.fixture(scope="session")
+def vault_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("vault")
+
+
+@pytest.fixture
+def simulator() -> Iterator[FineTuningSimulator]:
+    with FineTuningSimulator(api_key=API_KEY) as sim:
+        yield sim
+
+
+@pytest.fixture
+def vault(vault_workdir: Path) -> Iterator[KeyVaultEmulator]:
+    with KeyVaultEmulator(workdir=vault_workdir) as emulator:
+        emulator.set_secret(SECRET_NAME, API_KEY)
+        emulator.reset_counts()
+        yield emulator
+
+
+@pytest.fixture
+def app_settings(
+    monkeypatch: pytest.MonkeyPatch, simulator: FineTuningSimulator, vault: KeyVaultEmulator
+) -> dict[str, str]:
+    """The contract's settings pointing at the emulators, tuned so retries take milliseconds."""
+    settings = {
+        **vault.environ(),
+        "AZURE_OPENAI_ENDPOINT": simulator.endpoint,
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        "UPSTREAM_TIMEOUT_SECONDS": "1",
+        "UPSTREAM_MAX_RETRIES": "3",
+        "UPSTREAM_DEADLINE_SECONDS": "20",
+        "CANCEL_REQUESTS_QUEUE": "cancel-requests",
+        "CANCEL_RESULTS_QUEUE": "cancel-results",
+    }
+    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    return settings
+
+
+@dataclass
+class HttpCall:
+    response: func.HttpResponse
+    output: Output
+
+    @property
+    def body(self) -> Any:
+        return json.loads(self.response.get_body())
+
+    @property
+    def record(self) -> dict[str, Any]:
+        [record] = self.output.records
+        return record
+
+
+@dataclass
+class QueueCall:
+    output: Output
+    raised: Exception | None = None
+
+    @property
+    def record(self) -> dict[str, Any]:
+        [record] = self.output.records
+        return record
+
+
+@pytest.fixture
+def call_http(app_settings: dict[str, str]) -> Callable[..., HttpCall]:
+    handler = _handler("httpTrigger")
+
+    def call(job_id: str, *, headers: dict[str, str] | None = None, body: bytes = b"") -> HttpCall:
+        request = func.HttpRequest(
+            method="POST",
+            url=f"http://localhost:7071/api/openai/fine_tuning/jobs/{job_id}/cancel",
+            headers=headers or {},
+            params={"api-version": "2024-10-21"},
+            route_params={"job_id": job_id},
+            body=body,
+        )
+        output = Output()
+        return HttpCall(handler(req=request, results=output), output)
+
+    return call
+
+
+@pytest.fixture
+def call_queue(app_settings: dict[str, str]) -> Callable[..., QueueCall]:
+    handler = _handler("queueTrigger")
+
+    def call(body: bytes | str, *, dequeue_count: int = 1) -> QueueCall:
+        message = QueueMessage(
+            id=str(uuid.uuid4()),
+            body=body.encode() if isinstance(body, str) else body,
+            dequeue_count=dequeue_count,
+            pop_receipt="receipt",
+        )
+        output = Output()
+        try:
+            handler(msg=message, results=output)
+        except Exception as err:  # noqa: BLE001 - the host's view: the function raised
+            return QueueCall(output, err)
+        return QueueCall(output)
+
+    return call

@@ -1,0 +1,101 @@
+"""CONTRACT section 1: every setting's default, and a clear error naming any bad one."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.settings import SETTING_DEFAULTS, Settings, SettingsError, load_settings
+
+VALID = {
+    "AZURE_OPENAI_ENDPOINT": "https://contoso.openai.azure.com/",
+    "KEY_VAULT_URL": "https://contoso-kv.vault.azure.net/",
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+}
+
+
+def test_defaults_are_the_contracts() -> None:
+    settings = Settings.from_environ(VALID)
+    assert settings.openai_endpoint == "https://contoso.openai.azure.com"  # trailing / tolerated
+    assert settings.api_version == "2024-10-21"
+    assert settings.key_secret_name == "azure-openai-api-key"
+    assert settings.secret_cache_seconds == 300
+    assert settings.verify_challenge_resource is True
+    assert (settings.requests_queue, settings.results_queue) == ("cancel-requests", "cancel-results")
+    assert (settings.upstream_timeout_seconds, settings.upstream_max_retries) == (30, 3)
+    assert settings.upstream_deadline_seconds == 60
+    assert set(SETTING_DEFAULTS) == {
+        "AZURE_OPENAI_API_VERSION", "AZURE_OPENAI_KEY_SECRET_NAME", "SECRET_CACHE_SECONDS",
+        "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", "CANCEL_REQUESTS_QUEUE", "CANCEL_RESULTS_QUEUE",
+        "UPSTREAM_TIMEOUT_SECONDS", "UPSTREAM_MAX_RETRIES", "UPSTREAM_DEADLINE_SECONDS",
+    }
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["http://127.0.0.1:8080", "http://127.9.9.9", "http://localhost:1/", "http://[::1]:8000", "https://x.openai.azure.com"],
+)
+def test_endpoints_allowed(endpoint: str) -> None:
+    assert Settings.from_environ({**VALID, "AZURE_OPENAI_ENDPOINT": endpoint}).openai_endpoint == endpoint.rstrip("/")
+
+
+def test_identity_based_storage_connection_is_enough() -> None:
+    environ = {k: v for k, v in VALID.items() if k != "AzureWebJobsStorage"}
+    environ["AzureWebJobsStorage__queueServiceUri"] = "https://acct.queue.core.windows.net"
+    assert Settings.from_environ(environ).results_queue == "cancel-results"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("AZURE_OPENAI_ENDPOINT", None),
+        ("AZURE_OPENAI_ENDPOINT", "http://contoso.openai.azure.com"),  # http off loopback
+        ("AZURE_OPENAI_ENDPOINT", "http://10.0.0.1"),
+        ("AZURE_OPENAI_ENDPOINT", "contoso.openai.azure.com"),
+        ("AZURE_OPENAI_ENDPOINT", "https://host:notaport"),
+        ("AZURE_OPENAI_ENDPOINT", "https://x.openai.azure.com/?a=b"),
+        ("KEY_VAULT_URL", None),
+        ("KEY_VAULT_URL", "http://127.0.0.1:8443/"),
+        ("AzureWebJobsStorage", None),
+        ("AZURE_OPENAI_API_VERSION", "latest"),
+        ("AZURE_OPENAI_KEY_SECRET_NAME", "bad_name"),
+        ("SECRET_CACHE_SECONDS", "five"),
+        ("SECRET_CACHE_SECONDS", "-1"),
+        ("KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", "maybe"),
+        ("CANCEL_REQUESTS_QUEUE", "Cancel_Requests"),
+        ("CANCEL_RESULTS_QUEUE", "ab"),
+        ("UPSTREAM_TIMEOUT_SECONDS", "0"),
+        ("UPSTREAM_MAX_RETRIES", "2.5"),
+        ("UPSTREAM_MAX_RETRIES", "-1"),
+        ("UPSTREAM_DEADLINE_SECONDS", "nan"),
+        ("UPSTREAM_DEADLINE_SECONDS", "inf"),
+    ],
+)
+def test_bad_setting_is_named(name: str, value: str | None) -> None:
+    environ = dict(VALID)
+    if value is None:
+        environ.pop(name)
+    else:
+        environ[name] = value
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_environ(environ)
+    assert caught.value.name == name
+    assert name in str(caught.value)
+    if value:
+        assert value not in str(caught.value)  # the message names the setting, never echoes its value
+
+
+def test_bad_configuration_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    environ = {**VALID, "UPSTREAM_MAX_RETRIES": "many"}
+    with caplog.at_level("ERROR"):
+        for _ in range(5):
+            with pytest.raises(SettingsError):
+                load_settings(environ)
+    assert [r.getMessage() for r in caplog.records if "UPSTREAM_MAX_RETRIES" in r.getMessage()] == [
+        "Configuration error: app setting UPSTREAM_MAX_RETRIES must be a whole number"
+    ]
+
+
+def test_settings_are_read_once_per_configuration() -> None:
+    first = load_settings(dict(VALID))
+    assert load_settings(dict(VALID)) is first
+    assert load_settings({**VALID, "UPSTREAM_MAX_RETRIES": "1"}) is not first
