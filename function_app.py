@@ -11,7 +11,9 @@ from pathlib import Path
 
 import azure.functions as func
 
+from shared.bulk import cancel_many
 from shared.cancel import cancel_from_http, cancel_from_queue, max_dequeue_count, should_retry_message
+from shared.health import health
 from shared.records import ResultRecord
 
 
@@ -37,7 +39,9 @@ class RetryLater(Exception):
 @app.queue_output(arg_name="results", queue_name="%CANCEL_RESULTS_QUEUE%", connection="AzureWebJobsStorage")
 def cancel_job_http(req: func.HttpRequest, results: func.Out[str]) -> func.HttpResponse:
     """POST /api/openai/fine_tuning/jobs/{job_id}/cancel, answered like Azure OpenAI's own route."""
-    record = cancel_from_http(req.route_params.get("job_id"), req.headers.get("x-correlation-id"))
+    record = cancel_from_http(
+        req.route_params.get("job_id"), req.headers.get("x-correlation-id"), req.params.get("wait_seconds")
+    )
     results.set(record.to_json())
     return _http_response(record)
 
@@ -53,11 +57,32 @@ def cancel_job_queue(msg: func.QueueMessage, results: func.Out[str]) -> None:
         )
     results.set(record.to_json())
 
+@app.function_name("cancel_jobs_bulk")
+@app.route(route="cancel", methods=["POST"])
+@app.queue_output(arg_name="results", queue_name="%CANCEL_RESULTS_QUEUE%", connection="AzureWebJobsStorage")
+def cancel_jobs_bulk(req: func.HttpRequest, results: func.Out[list[str]]) -> func.HttpResponse:
+    """POST /api/cancel with {"job_ids": [...]}: up to 100 jobs, answered in input order."""
+    bulk = cancel_many(req.get_body())
+    results.set([record.to_json() for record in bulk.queued])
+    body = {"error": bulk.error} if bulk.error else {"results": [record.to_dict() for record in bulk.records]}
+    return _json_response(body, bulk.status_code, {"x-request-id": bulk.records[0].request_id} if bulk.error else {})
+
+
+@app.function_name("health")
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health_check(req: func.HttpRequest) -> func.HttpResponse:
+    """GET /api/health: are the settings valid? Contacts neither Key Vault nor upstream."""
+    status_code, body = health()
+    return _json_response(body, status_code)
+
+
 def _http_response(record: ResultRecord) -> func.HttpResponse:
     body = {"error": record.error} if record.error is not None else record.job
     headers = {"x-request-id": record.request_id}
     if record.retry_after_seconds is not None:
         headers["Retry-After"] = str(record.retry_after_seconds)
-    return func.HttpResponse(
-        json.dumps(body), status_code=record.status_code, headers=headers, mimetype="application/json"
-    )
+    return _json_response(body, record.status_code, headers)
+
+
+def _json_response(body: object, status_code: int, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body), status_code=status_code, headers=headers, mimetype="application/json")

@@ -31,6 +31,7 @@ from shared.records import (
     utc_now,
     validate_correlation_id,
     validate_job_id,
+    validate_wait_seconds,
 )
 from shared.settings import Settings, SettingsError, load_settings
 from shared.upstream import CallTrace, UpstreamClient, UpstreamReply
@@ -38,6 +39,8 @@ from shared.upstream import CallTrace, UpstreamClient, UpstreamReply
 logger = logging.getLogger(__name__)
 
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+FIRST_POLL_DELAY = 0.5  # waiting for a cancel to take: GET after 0.5 s, 1 s, 2 s ... 5 s apart
+MAX_POLL_DELAY = 5.0
 MISCONFIGURED_RETRY_AFTER_SECONDS = 30
 DEFAULT_MAX_DEQUEUE_COUNT = 5  # the host's own default when host.json sets none
 
@@ -47,6 +50,7 @@ class CancelService:
 
     def __init__(self, settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings
+        self._sleep = sleep
         self.api_keys = ApiKeySource(
             vault_url=settings.key_vault_url,
             secret_name=settings.key_secret_name,
@@ -63,6 +67,8 @@ class CancelService:
             record = self._cancel(request, trace, deadline)
         except CancelError as err:
             record = _failure_record(request, err)
+        if request.wait_seconds > 0:
+            self._wait_until_final(record, request.wait_seconds, trace)
         record.attempts = trace.attempts
         record.upstream_request_id = trace.upstream_request_id
         _log_end(record)
@@ -89,6 +95,29 @@ class CancelService:
                 return _record(request, Outcome.ALREADY_TERMINAL, 409, job=job, error=error)
         return _record(request, Outcome.FAILED, reply.status, error=_upstream_error(reply))
 
+    def _wait_until_final(self, record: ResultRecord, wait_seconds: float, trace: CallTrace) -> None:
+        """Poll GET .../jobs/{id} with backoff until the job is final or the wait is over."""
+        started = time.monotonic()
+        until = started + wait_seconds
+        delay = FIRST_POLL_DELAY
+        while (
+            record.outcome is Outcome.CANCELLED
+            and (record.job or {}).get("status") not in TERMINAL_STATES
+            and time.monotonic() + delay < until
+        ):
+            self._sleep(delay)
+            delay = min(delay * 2, MAX_POLL_DELAY)
+            try:
+                reply = self._with_api_key(
+                    lambda key: self.upstream.get_job(record.job_id or "", key, deadline=until, trace=trace)
+                )
+            except CancelError as err:
+                logger.info("waiting for %s: GET failed (%s); still waiting", record.job_id, err.message)
+                continue
+            if reply.status == 200 and isinstance(reply.body, dict):
+                record.job = reply.body
+        record.waited_seconds = time.monotonic() - started
+
     def _with_api_key(self, call: Callable[[str], UpstreamReply]) -> UpstreamReply:
         """Make the call; on 401/403 read the key again from Key Vault and retry once."""
         api_key = self.api_keys.get()
@@ -108,20 +137,21 @@ class CancelService:
         return reply
 
 
-def cancel_from_http(job_id: object, correlation_id: object) -> ResultRecord:
-    """The HTTP trigger's request: route's job id and the `x-correlation-id` header."""
+def cancel_from_http(job_id: object, correlation_id: object, wait_seconds: object = None) -> ResultRecord:
+    """The HTTP trigger's request: route's job id, `x-correlation-id` header, `wait_seconds` query."""
     received_at = utc_now()
     try:
         request = CancelRequest(
             job_id=validate_job_id(job_id),
             trigger=Trigger.HTTP,
             correlation_id=validate_correlation_id(correlation_id),
+            wait_seconds=validate_wait_seconds(wait_seconds),
             received_at=received_at,
         )
     except InvalidRequest as err:
         readable_job_id = err.job_id if err.target == "job_id" else str(job_id)
-        return _rejected_record(err, Trigger.HTTP, received_at, job_id=readable_job_id)
-    return _cancel_with_current_settings(request)
+        return rejected_record(err, Trigger.HTTP, received_at, job_id=readable_job_id)
+    return cancel_request(request)
 
 
 def cancel_from_queue(body: bytes, *, dequeue_count: int | None) -> ResultRecord:
@@ -130,8 +160,8 @@ def cancel_from_queue(body: bytes, *, dequeue_count: int | None) -> ResultRecord
     try:
         request = parse_queue_message(body, dequeue_count=dequeue_count)
     except InvalidRequest as err:
-        return _rejected_record(err, Trigger.QUEUE, received_at, job_id=err.job_id, dequeue_count=dequeue_count)
-    return _cancel_with_current_settings(request)
+        return rejected_record(err, Trigger.QUEUE, received_at, job_id=err.job_id, dequeue_count=dequeue_count)
+    return cancel_request(request)
 
 
 def should_retry_message(record: ResultRecord, *, dequeue_count: int | None, max_dequeue_count: int) -> bool:
@@ -174,7 +204,8 @@ def current_service() -> CancelService:
     return _services.current()
 
 
-def _cancel_with_current_settings(request: CancelRequest) -> ResultRecord:
+def cancel_request(request: CancelRequest) -> ResultRecord:
+    """Cancel one validated request with the process's service (a record even when misconfigured)."""
     try:
         service = current_service()
     except SettingsError as err:
@@ -213,7 +244,7 @@ def _record(
     )
 
 
-def _rejected_record(
+def rejected_record(
     err: InvalidRequest,
     trigger: Trigger,
     received_at: datetime,

@@ -14,6 +14,7 @@ from typing import Any
 
 JOB_ID_PATTERN = re.compile(r"(ftjob|ft)-[A-Za-z0-9]{1,64}")  # use with fullmatch
 CORRELATION_ID_MAX_LENGTH = 128
+MAX_WAIT_SECONDS = 120
 REJECTED_TEXT_MAX_LENGTH = 200
 SCHEMA_VERSION = 1
 
@@ -55,6 +56,7 @@ class CancelRequest:
     trigger: Trigger
     correlation_id: str | None = None
     dequeue_count: int | None = None
+    wait_seconds: float = 0.0
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     received_at: datetime = field(default_factory=lambda: utc_now())
 
@@ -101,6 +103,21 @@ def validate_correlation_id(correlation_id: object) -> str | None:
     )
 
 
+def validate_wait_seconds(wait_seconds: object) -> float:
+    """Seconds to wait for the job to reach a final state after a cancel: 0 (absent) to 120."""
+    if wait_seconds is None or wait_seconds == "":
+        return 0.0
+    try:
+        seconds = float(wait_seconds) if isinstance(wait_seconds, (int, float, str)) else -1.0
+    except ValueError:
+        seconds = -1.0
+    if isinstance(wait_seconds, bool) or not 0 <= seconds <= MAX_WAIT_SECONDS:
+        raise InvalidRequest(
+            f"wait_seconds must be a number from 0 to {MAX_WAIT_SECONDS}", target="wait_seconds"
+        )
+    return seconds
+
+
 def parse_queue_message(body: bytes, *, dequeue_count: int | None) -> CancelRequest:
     """Read a queue message body: a bare job id or a JSON object, either optionally base64-encoded.
 
@@ -140,6 +157,7 @@ def _parse_json_message(text: str, *, dequeue_count: int | None) -> CancelReques
     job_id = validate_job_id(raw_job_id)
     try:
         correlation_id = validate_correlation_id(message.get("correlation_id"))
+        wait_seconds = validate_wait_seconds(message.get("wait_seconds"))
     except InvalidRequest as err:
         raise InvalidRequest(err.message, target=err.target, job_id=job_id) from err
     return CancelRequest(
@@ -147,6 +165,7 @@ def _parse_json_message(text: str, *, dequeue_count: int | None) -> CancelReques
         trigger=Trigger.QUEUE,
         correlation_id=correlation_id,
         dequeue_count=dequeue_count,
+        wait_seconds=wait_seconds,
     )
 
 
@@ -168,12 +187,13 @@ class ResultRecord:
     attempts: int = 0
     dequeue_count: int | None = None
     completed_at: datetime = field(default_factory=utc_now)
+    waited_seconds: float | None = None  # only when the request asked to wait
     retry_after_seconds: int | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The record's JSON shape, fields in the contract's order."""
         record = asdict(self)
-        return {
+        shaped = {
             "schema_version": SCHEMA_VERSION,
             "job_id": self.job_id,
             "outcome": self.outcome.value,
@@ -190,6 +210,9 @@ class ResultRecord:
             "received_at": format_time(self.received_at),
             "completed_at": format_time(self.completed_at),
         }
+        if self.waited_seconds is not None:
+            shaped["waited_seconds"] = round(self.waited_seconds, 3)
+        return shaped
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)

@@ -23,6 +23,7 @@ from devstack.openai_sim import FineTuningSimulator
 
 API_KEY = "sim-key-3b9d0c8e41f24a7f9d2e6c5b1a0f8e73"  # distinctive, so a leak is found by search
 SECRET_NAME = "azure-openai-api-key"
+CANCEL_ROUTE = "openai/fine_tuning/jobs/{job_id}/cancel"
 
 
 @dataclass
@@ -39,16 +40,20 @@ class Output(func.Out):
 
     @property
     def records(self) -> list[dict[str, Any]]:
-        return [json.loads(value) for value in self.values]
+        """Each message the function set; a list value is one message per item, as the host writes it."""
+        messages = [item for value in self.values for item in (value if isinstance(value, list) else [value])]
+        return [json.loads(message) for message in messages]
 
 
-def _handler(trigger_type: str) -> Callable[..., Any]:
+def handler(trigger_type: str, route: str | None = None) -> Callable[..., Any]:
+    """The user function whose trigger has this type (and, for HTTP, this route), as the host indexes it."""
     import function_app
 
     for function in function_app.app.get_functions():
-        if any(binding.type == trigger_type for binding in function.get_bindings()):
-            return function.get_user_function()
-    raise LookupError(trigger_type)
+        for binding in function.get_bindings():
+            if binding.type == trigger_type and route in (None, getattr(binding, "route", None)):
+                return function.get_user_function()
+    raise LookupError(f"{trigger_type} {route}")
 
 
 @pytest.fixture(scope="session")
@@ -120,26 +125,28 @@ class QueueCall:
 
 @pytest.fixture
 def call_http(app_settings: dict[str, str]) -> Callable[..., HttpCall]:
-    handler = _handler("httpTrigger")
+    cancel = handler("httpTrigger", CANCEL_ROUTE)
 
-    def call(job_id: str, *, headers: dict[str, str] | None = None, body: bytes = b"") -> HttpCall:
+    def call(
+        job_id: str, *, headers: dict[str, str] | None = None, body: bytes = b"", params: dict[str, str] | None = None
+    ) -> HttpCall:
         request = func.HttpRequest(
             method="POST",
             url=f"http://localhost:7071/api/openai/fine_tuning/jobs/{job_id}/cancel",
             headers=headers or {},
-            params={"api-version": "2024-10-21"},
+            params={"api-version": "2024-10-21", **(params or {})},
             route_params={"job_id": job_id},
             body=body,
         )
         output = Output()
-        return HttpCall(handler(req=request, results=output), output)
+        return HttpCall(cancel(req=request, results=output), output)
 
     return call
 
 
 @pytest.fixture
 def call_queue(app_settings: dict[str, str]) -> Callable[..., QueueCall]:
-    handler = _handler("queueTrigger")
+    cancel = handler("queueTrigger")
 
     def call(body: bytes | str, *, dequeue_count: int = 1) -> QueueCall:
         message = QueueMessage(
@@ -150,7 +157,7 @@ def call_queue(app_settings: dict[str, str]) -> Callable[..., QueueCall]:
         )
         output = Output()
         try:
-            handler(msg=message, results=output)
+            cancel(msg=message, results=output)
         except Exception as err:  # noqa: BLE001 - the host's view: the function raised
             return QueueCall(output, err)
         return QueueCall(output)

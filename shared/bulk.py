@@ -1,0 +1,94 @@
+"""Bulk cancel: many job ids in one request, cancelled with bounded concurrency.
+
+A repeated id is cancelled once and reported at each of its positions; every invalid id gets
+its own `rejected` record; the body itself must be a JSON object with a `job_ids` list.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from shared.cancel import cancel_request, rejected_record
+from shared.records import (
+    CancelRequest,
+    InvalidRequest,
+    ResultRecord,
+    Trigger,
+    shorten,
+    utc_now,
+    validate_correlation_id,
+    validate_job_id,
+    validate_wait_seconds,
+)
+
+MAX_JOB_IDS = 100
+BULK_CONCURRENCY = 8
+
+
+@dataclass
+class BulkResult:
+    """The answer to a bulk request: its status, per-position records, and what goes on the queue."""
+
+    status_code: int
+    records: list[ResultRecord]  # one per position of `job_ids`
+    error: dict[str, str] | None = None
+
+    @property
+    def queued(self) -> list[ResultRecord]:
+        """One record per distinct job id (a repeated id was cancelled once)."""
+        unique: dict[int, ResultRecord] = {id(record): record for record in self.records}
+        return list(unique.values())
+
+
+def cancel_many(body: bytes) -> BulkResult:
+    """Read `{"job_ids": [...], "correlation_id": ..., "wait_seconds": ...}` and cancel each id."""
+    received_at = utc_now()
+    try:
+        job_ids, correlation_id, wait_seconds = _read_body(body)
+    except InvalidRequest as err:
+        record = rejected_record(err, Trigger.HTTP, received_at, job_id=None)
+        return BulkResult(400, [record], error=record.error)
+    by_job_id: dict[str, ResultRecord] = {}
+    requests: dict[str, CancelRequest] = {}
+    for raw in job_ids:
+        key = raw if isinstance(raw, str) else json.dumps(raw)
+        if key in by_job_id or key in requests:
+            continue
+        try:
+            requests[key] = CancelRequest(
+                job_id=validate_job_id(raw),
+                trigger=Trigger.HTTP,
+                correlation_id=correlation_id,
+                wait_seconds=wait_seconds,
+                received_at=received_at,
+            )
+        except InvalidRequest as err:
+            by_job_id[key] = rejected_record(err, Trigger.HTTP, received_at, job_id=err.job_id)
+            by_job_id[key].correlation_id = correlation_id
+    with ThreadPoolExecutor(max_workers=BULK_CONCURRENCY, thread_name_prefix="bulk-cancel") as pool:
+        for key, record in zip(requests, pool.map(cancel_request, requests.values())):
+            by_job_id[key] = record
+    records = [by_job_id[raw if isinstance(raw, str) else json.dumps(raw)] for raw in job_ids]
+    return BulkResult(200, records)
+
+
+def _read_body(body: bytes) -> tuple[list[object], str | None, float]:
+    try:
+        payload = json.loads(body)
+    except ValueError as err:
+        raise InvalidRequest(
+            f"body must be a JSON object like {{\"job_ids\": [...]}}: '{shorten(body.decode('utf-8', 'replace'))}'",
+            target="body",
+        ) from err
+    if not isinstance(payload, dict) or not isinstance(payload.get("job_ids"), list):
+        raise InvalidRequest('body must be a JSON object with a "job_ids" list', target="job_ids")
+    job_ids = payload["job_ids"]
+    if not job_ids or len(job_ids) > MAX_JOB_IDS:
+        raise InvalidRequest(
+            f"job_ids must hold 1 to {MAX_JOB_IDS} ids; it holds {len(job_ids)}", target="job_ids"
+        )
+    return job_ids, validate_correlation_id(payload.get("correlation_id")), validate_wait_seconds(
+        payload.get("wait_seconds")
+    )
