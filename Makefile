@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NPM_STAMP := node_modules/.installed
 
-.PHONY: test install clean
+.PHONY: test install clean run demo
 
 install: $(STAMP)
 
@@ -17,8 +18,22 @@ $(STAMP): requirements.txt requirements-dev.txt
 	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $(STAMP)
 
-test: install
+test: install $(NPM_STAMP)
 	$(PY) -m pytest
 
 clean:
 	rm -rf $(VENV) .venv-* node_modules .pytest_cache .hypothesis
+
+# Azurite (queue service) for the local stack and the end-to-end tests.
+$(NPM_STAMP): package.json package-lock.json
+	@echo "==> Azurite into node_modules (npm ci, from package-lock.json)"
+	@npm ci --no-audit --no-fund --loglevel=error
+	@touch $(NPM_STAMP)
+
+# The whole app on this machine: Azurite, the emulators and the local Functions runner; Ctrl-C stops it.
+run: install $(NPM_STAMP)
+	@$(PY) -m devstack.stack run
+
+# Start the stack, cancel jobs over HTTP and through the queue, print the records, stop, exit 0.
+demo: install $(NPM_STAMP)
+	@$(PY) -m devstack.demo

@@ -1,0 +1,167 @@
+"""`make demo`: the whole app on this machine, in one command that ends by itself.
+
+Starts the local stack, creates three fine-tuning jobs in the Azure OpenAI simulator, cancels one
+through the function's HTTP route, enqueues a running job's id, an already-cancelled job's id and an
+invalid message, waits for the four result records, prints them as a table and stops everything.
+Exit code 0 when every record is what the contract promises; otherwise 1, naming the failed part.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import requests
+from azure.storage.queue import QueueClient
+
+from devstack.stack import (
+    API_VERSION,
+    LOG_DIR,
+    LocalStack,
+    StackError,
+    ignore_signals,
+    interrupt_on_signals,
+    shown_path,
+    format_records,
+    take_records,
+)
+
+RESULTS_TIMEOUT_SECONDS = 60.0
+INVALID_MESSAGE = "cancel my job please"
+EXPECTED = [  # (trigger, outcome) of the four records, in the order the requests are made
+    ("http", "cancelled"),
+    ("queue", "cancelled"),
+    ("queue", "already_terminal"),
+    ("queue", "rejected"),
+]
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def create_job(endpoint: str, api_key: str, training_file: str) -> dict[str, Any]:
+    """POST /openai/fine_tuning/jobs on the simulator, as a client of Azure OpenAI would."""
+    response = requests.post(
+        f"{endpoint}/openai/fine_tuning/jobs",
+        params={"api-version": API_VERSION},
+        headers={"api-key": api_key},
+        json={"model": "gpt-4o-mini-2024-07-18", "training_file": training_file},
+        timeout=10,
+    )
+    if response.status_code != 201:
+        raise StackError("Azure OpenAI simulator", f"creating a job answered {response.status_code}: {response.text[:200]}")
+    return response.json()
+
+
+def cancel_upstream(endpoint: str, api_key: str, job_id: str) -> None:
+    """Cancel a job at the simulator directly, as if someone had done it in the portal."""
+    response = requests.post(
+        f"{endpoint}/openai/fine_tuning/jobs/{job_id}/cancel",
+        params={"api-version": API_VERSION},
+        headers={"api-key": api_key},
+        timeout=10,
+    )
+    if response.status_code != 200:
+        raise StackError("Azure OpenAI simulator", f"cancelling {job_id} answered {response.status_code}")
+
+
+def run_demo(stack: LocalStack) -> list[dict[str, Any]]:
+    say(f"==> Starting the local stack (logs in {shown_path(LOG_DIR)}/)")
+    info = stack.start()
+
+    say("\n==> Creating three fine-tuning jobs in the Azure OpenAI simulator")
+    jobs = [create_job(info.openai_endpoint, stack.api_key, f"file-demo{n}") for n in (1, 2, 3)]
+    by_http, by_queue, already_cancelled = (job["id"] for job in jobs)
+    cancel_upstream(info.openai_endpoint, stack.api_key, already_cancelled)
+    for job, note in zip(jobs, ("cancelled over HTTP below", "cancelled through the queue", "cancelled at Azure OpenAI already")):
+        say(f"  {job['id']}  {note}")
+
+    url = f"{info.functions_url}/openai/fine_tuning/jobs/{by_http}/cancel"
+    say(f"\n==> Cancelling over HTTP:  POST {url}")
+    try:
+        response = requests.post(url, headers={"x-functions-key": info.function_key}, timeout=90)
+    except requests.RequestException as err:
+        raise StackError("Functions runner", f"the HTTP cancel failed ({err})", log_path=stack.runner.log_path) from err  # type: ignore[union-attr]
+    say(f"  HTTP {response.status_code} {response.reason}   x-request-id: {response.headers.get('x-request-id')}")
+    body = json.dumps(response.json(), indent=2) if "json" in response.headers.get("content-type", "") else response.text
+    say("\n".join("  " + line for line in body.splitlines()))
+
+    requests_queue = QueueClient.from_connection_string(info.storage_connection_string, info.requests_queue)
+    say(f"\n==> Enqueueing three messages on '{info.requests_queue}'")
+    for message, note in (
+        (by_queue, "a running job"),
+        (json.dumps({"job_id": already_cancelled, "correlation_id": "demo-already-cancelled"}), "a job that is already cancelled"),
+        (INVALID_MESSAGE, "not a job id"),
+    ):
+        requests_queue.send_message(message)
+        say(f"  {message}   ({note})")
+
+    say(f"\n==> Waiting for the four result records on '{info.results_queue}'")
+    records = wait_for_records(stack, info.storage_connection_string, info.results_queue, count=len(EXPECTED))
+    say("")
+    say(format_records(records))
+    return records
+
+
+def wait_for_records(stack: LocalStack, connection_string: str, queue_name: str, *, count: int) -> list[dict[str, Any]]:
+    """Take records off the results queue until `count` have come, showing progress; StackError after the deadline."""
+    queue = QueueClient.from_connection_string(connection_string, queue_name)
+    records: list[dict[str, Any]] = []
+    started = time.monotonic()
+    shown = -1
+    while len(records) < count:
+        stack.check_alive()
+        records.extend(take_records(queue))
+        waited = time.monotonic() - started
+        if len(records) != shown:
+            say(f"  {len(records)}/{count} records after {waited:.1f} s")
+            shown = len(records)
+        if waited > RESULTS_TIMEOUT_SECONDS:
+            raise StackError(
+                "Functions runner",
+                f"only {len(records)} of {count} result records after {RESULTS_TIMEOUT_SECONDS:.0f} s",
+                log_path=stack.runner.log_path if stack.runner else None,
+            )
+        if len(records) < count:
+            time.sleep(0.2)
+    return records
+
+
+def unexpected(records: list[dict[str, Any]]) -> str | None:
+    """What differs from the four outcomes the contract promises, or None when all is well."""
+    seen = sorted((record.get("trigger"), record.get("outcome")) for record in records)
+    return None if seen == sorted(EXPECTED) else f"expected records {sorted(EXPECTED)}, got {seen}"
+
+
+def main() -> int:
+    started = time.monotonic()
+    stack = LocalStack(report=lambda line: say("  " + line))
+    interrupt_on_signals()
+    try:
+        records = run_demo(stack)
+        problem = unexpected(records)
+    except StackError as err:
+        print(f"\ndemo failed: {err}", file=sys.stderr, flush=True)
+        tail = err.log_tail()
+        if tail:
+            print(f"--- last lines of {shown_path(err.log_path)} ---\n{tail}", file=sys.stderr)  # type: ignore[arg-type]
+        return 1
+    except KeyboardInterrupt:
+        print("\ndemo interrupted", file=sys.stderr)
+        return 130
+    finally:
+        ignore_signals()
+        say("\n==> Stopping the local stack")
+        stack.stop()
+    if problem:
+        print(f"demo failed: {problem}; logs: {shown_path(LOG_DIR)}/", file=sys.stderr)
+        return 1
+    say(f"Done in {time.monotonic() - started:.1f} s: four requests, four records, everything stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,541 @@
+"""The local stack: Azurite, the Key Vault emulator, the Azure OpenAI simulator and the Functions runner.
+
+Each part runs as a child process in a process group of its own, logging to `.devstack/logs/`;
+`LocalStack.stop()` (also on Ctrl-C or SIGTERM) ends every group, and on Linux a child also ends
+when the stack process dies. `make run` is `python -m devstack.stack run`; `enqueue` and `results`
+talk to the running stack's queues:
+
+    python -m devstack.stack run                     # start everything, print URLs and examples
+    python -m devstack.stack enqueue ftjob-local2    # drop a cancel request on the request queue
+    python -m devstack.stack results [--drain]       # the result records, as a table
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.queue import QueueClient
+
+from devstack.runner import DEFAULT_FUNCTION_KEY, DEFAULT_PORT, FUNCTION_KEY_ENV, development_storage_connection_string
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = REPO_ROOT / ".devstack"
+LOG_DIR = STATE_DIR / "logs"
+STATE_FILE = STATE_DIR / "stack.json"
+AZURITE_QUEUE_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite-queue"
+AZURITE_DEFAULT_PORT = 10001  # where `UseDevelopmentStorage=true` looks for the queue service
+
+SECRET_NAME = "azure-openai-api-key"
+REQUESTS_QUEUE = "cancel-requests"
+RESULTS_QUEUE = "cancel-results"
+API_VERSION = "2024-10-21"
+READY_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 10.0
+SEEDED_JOBS = ("ftjob-local1", "ftjob-local2", "ftjob-local3")
+
+_AZURITE_READY = re.compile(r"successfully listens on (http://\S+)")
+_JSON_READY = r"{} ready (\{{.*\}})"
+
+PR_SET_PDEATHSIG = 1
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+except (OSError, AttributeError):
+    _prctl = None
+
+
+class StackError(Exception):
+    """A part of the stack failed: says which part, and where its log is."""
+
+    def __init__(self, part: str, problem: str, *, log_path: Path | None = None) -> None:
+        where = f"; log: {shown_path(log_path)}" if log_path else ""
+        super().__init__(f"{part}: {problem}{where}")
+        self.part = part
+        self.problem = problem
+        self.log_path = log_path
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines of the failed part's log, to show under the error."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+def shown_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: end when the stack process ends, even if it is killed outright."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class ChildProcess:
+    """One part of the stack: a process in its own process group, logging to one file."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        ready: re.Pattern[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path = REPO_ROOT,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self._ready = ready
+        self._env = dict(env) if env is not None else None
+        self._cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ChildProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            try:
+                self.process = subprocess.Popen(
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self._env,
+                    cwd=self._cwd,
+                    start_new_session=True,  # a group of its own: Ctrl-C reaches only the stack, which stops it
+                    preexec_fn=_die_with_parent,
+                )
+            except OSError as err:
+                raise StackError(self.name, f"could not start {self.argv[0]} ({err})", log_path=self.log_path) from err
+        return self
+
+    def wait_ready(self, *, timeout: float = READY_TIMEOUT_SECONDS) -> re.Match[str]:
+        """Wait for the ready line in the log; raise StackError if the process exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self._ready.search(self.log_path.read_text(encoding="utf-8", errors="replace"))
+            if found:
+                return found
+            code = self.exit_code()
+            if code is not None:
+                raise StackError(self.name, f"exited with code {code} before it was ready", log_path=self.log_path)
+            if time.monotonic() > deadline:
+                raise StackError(self.name, f"not ready after {timeout:.0f} s", log_path=self.log_path)
+            time.sleep(0.05)
+
+    def exit_code(self) -> int | None:
+        return self.process.poll() if self.process is not None else None
+
+    def stop(self, *, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        """SIGTERM to the process group, SIGKILL after `timeout`; leaves no process behind."""
+        process = self.process
+        if process is None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            if process.poll() is not None:
+                break
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # anything the part started and left behind
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process = None
+
+
+class Azurite:
+    """Azurite's queue service from node_modules, data in a temporary folder that stop() removes."""
+
+    name = "Azurite"
+
+    def __init__(self, *, log_path: Path, port: int = 0, host: str = "127.0.0.1") -> None:
+        self._data_dir = Path(tempfile.mkdtemp(prefix="azurite-"))
+        self._child = ChildProcess(
+            self.name,
+            [
+                str(AZURITE_QUEUE_BIN),
+                "--queueHost", host,
+                "--queuePort", str(port),
+                "--location", str(self._data_dir),
+                "--skipApiVersionCheck",  # azure-storage-queue speaks a newer API version than Azurite knows
+                "--disableTelemetry",
+                "--silent",
+            ],
+            log_path=log_path,
+            ready=_AZURITE_READY,
+        )
+        self.queue_origin = ""
+
+    @property
+    def log_path(self) -> Path:
+        return self._child.log_path
+
+    @property
+    def child(self) -> ChildProcess:
+        return self._child
+
+    @property
+    def connection_string(self) -> str:
+        return development_storage_connection_string(self.queue_origin)
+
+    def start(self) -> Azurite:
+        if not AZURITE_QUEUE_BIN.exists():
+            raise StackError(self.name, "not installed: run `npm ci` in the repository (make does it for you)")
+        self._child.start()
+        return self
+
+    def wait_ready(self, *, timeout: float = READY_TIMEOUT_SECONDS) -> Azurite:
+        self.queue_origin = self._child.wait_ready(timeout=timeout).group(1)
+        return self
+
+    def stop(self) -> None:
+        self._child.stop()
+        shutil.rmtree(self._data_dir, ignore_errors=True)
+
+    def create_queues(self, *names: str) -> None:
+        for name in names:
+            try:
+                QueueClient.from_connection_string(self.connection_string, name).create_queue()
+            except ResourceExistsError:
+                pass
+
+
+@dataclass
+class StackInfo:
+    """Where the running stack's parts are; written to .devstack/stack.json for `enqueue` and `results`."""
+
+    functions_url: str
+    function_key: str
+    storage_connection_string: str
+    queue_origin: str
+    openai_endpoint: str
+    key_vault_url: str
+    requests_queue: str
+    results_queue: str
+    jobs: list[str] = field(default_factory=list)
+    logs: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path = STATE_FILE) -> StackInfo:
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise StackError("local stack", "is not running (start it with `make run`)") from None
+
+    def save(self, path: Path = STATE_FILE) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+
+
+class LocalStack:
+    """Starts and stops the four parts; `report` is told of each step (the stack's progress output)."""
+
+    def __init__(
+        self,
+        *,
+        runner_port: int = 0,
+        azurite_port: int = 0,
+        function_key: str = DEFAULT_FUNCTION_KEY,
+        jobs: Iterable[str] = (),
+        requests_queue: str = REQUESTS_QUEUE,
+        results_queue: str = RESULTS_QUEUE,
+        log_dir: Path = LOG_DIR,
+        report: Callable[[str], None] = lambda line: None,
+    ) -> None:
+        self.function_key = function_key
+        self.api_key = secrets.token_hex(16)  # the simulator accepts it; Key Vault holds it; nobody else sees it
+        self.requests_queue = requests_queue
+        self.results_queue = results_queue
+        self.jobs = list(jobs)
+        self.log_dir = log_dir
+        self._runner_port = runner_port
+        self._report = report
+        self.azurite = Azurite(log_path=log_dir / "azurite.log", port=azurite_port)
+        python = [sys.executable, "-u", "-m"]
+        self.key_vault = ChildProcess(
+            "Key Vault emulator",
+            [*python, "devstack.keyvault_emulator", "--workdir", str(STATE_DIR / "keyvault"),
+             "--secret", f"{SECRET_NAME}={self.api_key}"],
+            log_path=log_dir / "keyvault.log",
+            ready=re.compile(_JSON_READY.format("keyvault-emulator")),
+        )
+        self.simulator = ChildProcess(
+            "Azure OpenAI simulator",
+            [*python, "devstack.openai_sim", "--api-key", self.api_key,
+             *(arg for job in self.jobs for arg in ("--job", f"{job}=running"))],
+            log_path=log_dir / "openai-sim.log",
+            ready=re.compile(_JSON_READY.format("openai-sim")),
+        )
+        self.runner: ChildProcess | None = None
+        self.info: StackInfo | None = None
+
+    def start(self) -> StackInfo:
+        """Start every part and wait until each is ready; on a failure, stop what was started and raise."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> StackInfo:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for part in (self.azurite, self.key_vault, self.simulator):
+            part.start()  # all three at once; each is waited for below
+        started = time.monotonic()
+        self.azurite.wait_ready()
+        self.azurite.create_queues(self.requests_queue, self.results_queue)
+        self._report(f"Azurite queue service   {self.azurite.queue_origin}  ({time.monotonic() - started:.1f} s)")
+        vault_environ = json.loads(self.key_vault.wait_ready().group(1))
+        self._report(f"Key Vault emulator      {vault_environ['KEY_VAULT_URL']}")
+        openai_endpoint = json.loads(self.simulator.wait_ready().group(1))["AZURE_OPENAI_ENDPOINT"]
+        self._report(f"Azure OpenAI simulator  {openai_endpoint}")
+        settings = {
+            **vault_environ,
+            "AZURE_OPENAI_ENDPOINT": openai_endpoint,
+            "AZURE_OPENAI_KEY_SECRET_NAME": SECRET_NAME,
+            "AzureWebJobsStorage": self.azurite.connection_string,
+            "CANCEL_REQUESTS_QUEUE": self.requests_queue,
+            "CANCEL_RESULTS_QUEUE": self.results_queue,
+            FUNCTION_KEY_ENV: self.function_key,
+        }
+        self.runner = ChildProcess(
+            "Functions runner",
+            [sys.executable, "-u", "-m", "devstack.runner", "--app-dir", str(REPO_ROOT),
+             "--port", str(self._runner_port)],
+            log_path=self.log_dir / "runner.log",
+            ready=re.compile(_JSON_READY.format("runner")),
+            env={**os.environ, **settings},
+        ).start()
+        functions_url = json.loads(self.runner.wait_ready().group(1))["api_url"]
+        self._report(f"Functions runner        {functions_url}")
+        self.info = StackInfo(
+            functions_url=functions_url,
+            function_key=self.function_key,
+            storage_connection_string=self.azurite.connection_string,
+            queue_origin=self.azurite.queue_origin,
+            openai_endpoint=openai_endpoint,
+            key_vault_url=vault_environ["KEY_VAULT_URL"],
+            requests_queue=self.requests_queue,
+            results_queue=self.results_queue,
+            jobs=self.jobs,
+            logs={part.name: shown_path(part.log_path) for part in self.parts()},
+        )
+        return self.info
+
+    def parts(self) -> list[Any]:
+        return [part for part in (self.azurite, self.key_vault, self.simulator, self.runner) if part is not None]
+
+    def check_alive(self) -> None:
+        """Raise StackError naming a part that stopped on its own."""
+        for part in self.parts():
+            child = part.child if isinstance(part, Azurite) else part
+            code = child.exit_code()
+            if code is not None:
+                raise StackError(part.name, f"stopped unexpectedly (exit code {code})", log_path=part.log_path)
+
+    def stop(self) -> None:
+        """The runner first (it finishes running invocations), then the services it talks to."""
+        for part in reversed(self.parts()):
+            part.stop()
+        STATE_FILE.unlink(missing_ok=True)
+
+
+# --- result records --------------------------------------------------------------------------------
+
+
+def format_records(records: Sequence[Mapping[str, Any]]) -> str:
+    """Result records as a plain-text table, oldest first."""
+    columns = ("received", "trigger", "job id", "outcome", "status", "tries", "detail")
+    rows = []
+    for record in sorted(records, key=lambda r: r.get("received_at") or ""):
+        error = record.get("error") or {}
+        job = record.get("job") or {}
+        detail = error.get("message") or (f"job status: {job.get('status')}" if job else "")
+        tries = record.get("dequeue_count") or "-"
+        rows.append((
+            (record.get("received_at") or "")[11:23],
+            record.get("trigger") or "",
+            record.get("job_id") or "(none)",
+            record.get("outcome") or "",
+            str(record.get("status_code", "")),
+            str(tries),
+            _cut(detail, 60),
+        ))
+    widths = [max(len(column), *(len(row[i]) for row in rows)) if rows else len(column) for i, column in enumerate(columns)]
+    lines = ["  ".join(text.ljust(width) for text, width in zip(columns, widths)).rstrip()]
+    lines.append("  ".join("-" * width for width in widths))
+    lines.extend("  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join(lines)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def take_records(queue: QueueClient) -> list[dict[str, Any]]:
+    """Receive and delete the records waiting on a results queue (any that are not JSON are shown as text)."""
+    records = []
+    for message in queue.receive_messages(messages_per_page=32, max_messages=32):
+        records.append(_record(message.content))
+        queue.delete_message(message)
+    return records
+
+
+def _record(content: str) -> dict[str, Any]:
+    try:
+        record = json.loads(content)
+    except ValueError:
+        record = None
+    return record if isinstance(record, dict) else {"outcome": "(not a record)", "error": {"message": content}}
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+
+def print_usage_examples(info: StackInfo, out: TextIO) -> None:
+    """The URLs and copy-paste examples `make run` prints."""
+    python = shown_path(Path(sys.executable)) if Path(sys.executable).is_relative_to(REPO_ROOT) else "python"
+    job = info.jobs[0] if info.jobs else "ftjob-<id>"
+    queued = info.jobs[1] if len(info.jobs) > 1 else job
+    write = out.write
+    write("\nThe local stack is running. Ctrl-C stops all of it.\n\n")
+    write(f"  Functions        {info.functions_url}   (function key: {info.function_key})\n")
+    write(f"  Azurite queues   {info.queue_origin}   (requests: {info.requests_queue}, results: {info.results_queue})\n")
+    write(f"  Azure OpenAI     {info.openai_endpoint}   (simulator; jobs: {', '.join(info.jobs) or 'none'})\n")
+    write(f"  Key Vault        {info.key_vault_url}   (emulator; holds the api-key secret '{SECRET_NAME}')\n")
+    write(f"  Logs             {shown_path(LOG_DIR)}/\n\n")
+    write("Cancel a job over HTTP:\n")
+    write(f"  curl -s -X POST -H 'x-functions-key: {info.function_key}' \\\n"
+          f"       {info.functions_url}/openai/fine_tuning/jobs/{job}/cancel\n\n")
+    write("Enqueue a cancel request (a bare job id, or {\"job_id\": \"...\", \"correlation_id\": \"...\"}):\n")
+    write(f"  {python} -m devstack.stack enqueue {queued}\n")
+    write(f"  az storage message put --queue-name {info.requests_queue} --content {queued} \\\n"
+          f"       --connection-string '{info.storage_connection_string}'\n\n")
+    write("Read the result records (add --drain to take them off the queue):\n")
+    write(f"  {python} -m devstack.stack results\n\n")
+    out.flush()
+
+
+def _run(args: argparse.Namespace) -> int:
+    stack = LocalStack(
+        runner_port=args.port,
+        azurite_port=args.azurite_port,
+        function_key=args.function_key,
+        jobs=SEEDED_JOBS,
+        report=lambda line: print("  " + line, flush=True),
+    )
+    interrupt_on_signals()
+    print(f"==> Starting the local stack (logs in {shown_path(LOG_DIR)}/)", flush=True)
+    try:
+        info = stack.start()
+        info.save()
+        print_usage_examples(info, sys.stdout)
+        while True:
+            time.sleep(0.5)
+            stack.check_alive()
+    except StackError as err:
+        print(f"\nlocal stack failed: {err}", file=sys.stderr)
+        tail = err.log_tail()
+        if tail:
+            print(f"--- last lines of {shown_path(err.log_path)} ---\n{tail}", file=sys.stderr)  # type: ignore[arg-type]
+        return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ignore_signals()
+        print("==> Stopping the local stack", flush=True)
+        stack.stop()
+    return 0
+
+
+def interrupt_on_signals() -> None:
+    """SIGINT and SIGTERM interrupt whatever the stack is doing, start-up included, and lead to stop()."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def ignore_signals() -> None:
+    """While the stack stops, a second Ctrl-C must not cut the teardown short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _enqueue(args: argparse.Namespace) -> int:
+    info = StackInfo.load()
+    queue = QueueClient.from_connection_string(info.storage_connection_string, args.queue or info.requests_queue)
+    for message in args.messages:
+        queue.send_message(message)
+        print(f"enqueued on {queue.queue_name}: {message}")
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    info = StackInfo.load()
+    queue = QueueClient.from_connection_string(info.storage_connection_string, info.results_queue)
+    if args.drain:
+        records = take_records(queue)
+    else:
+        records = [_record(message.content) for message in queue.peek_messages(max_messages=32)]
+    if args.json:
+        for record in records:
+            print(json.dumps(record))
+    else:
+        print(format_records(records))
+        print(f"\n{len(records)} record(s) on {info.results_queue}" + ("" if args.drain else " (peeked: at most 32)"))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack.stack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="start Azurite, the emulators and the Functions runner")
+    run.add_argument("--port", type=int, default=int(os.environ.get("FUNCTIONS_PORT", DEFAULT_PORT)))
+    run.add_argument("--azurite-port", type=int, default=int(os.environ.get("AZURITE_QUEUE_PORT", AZURITE_DEFAULT_PORT)))
+    run.add_argument("--function-key", default=os.environ.get(FUNCTION_KEY_ENV) or DEFAULT_FUNCTION_KEY)
+    enqueue = commands.add_parser("enqueue", help="send messages to the request queue of the running stack")
+    enqueue.add_argument("messages", nargs="+")
+    enqueue.add_argument("--queue", help="another queue of the stack's Azurite")
+    results = commands.add_parser("results", help="show the result records of the running stack")
+    results.add_argument("--drain", action="store_true", help="take the records off the queue")
+    results.add_argument("--json", action="store_true", help="one JSON record per line")
+    args = parser.parse_args(argv)
+    try:
+        return {"run": _run, "enqueue": _enqueue, "results": _results}[args.command](args)
+    except StackError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
