@@ -8,9 +8,12 @@ Exit code 0 when every record is what the contract promises; otherwise 1, naming
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -29,7 +32,7 @@ from devstack.stack import (
 )
 
 RESULTS_TIMEOUT_SECONDS = 60.0
-INVALID_MESSAGE = "cancel my job please"
+INVALID_MESSAGE = "ftjob_0042"  # a typo: job ids have a dash
 EXPECTED = [  # (trigger, outcome) of the four records, in the order the requests are made
     ("http", "cancelled"),
     ("queue", "cancelled"),
@@ -69,7 +72,7 @@ def cancel_upstream(endpoint: str, api_key: str, job_id: str) -> None:
 
 
 def run_demo(stack: LocalStack) -> list[dict[str, Any]]:
-    say(f"==> Starting the local stack (logs in {shown_path(LOG_DIR)}/)")
+    say(f"==> Starting the local stack (logs in {shown_path(stack.log_dir)}/)")
     info = stack.start()
 
     say("\n==> Creating three fine-tuning jobs in the Azure OpenAI simulator")
@@ -94,7 +97,7 @@ def run_demo(stack: LocalStack) -> list[dict[str, Any]]:
     for message, note in (
         (by_queue, "a running job"),
         (json.dumps({"job_id": already_cancelled, "correlation_id": "demo-already-cancelled"}), "a job that is already cancelled"),
-        (INVALID_MESSAGE, "not a job id"),
+        (INVALID_MESSAGE, "not a job id: an underscore for the dash"),
     ):
         requests_queue.send_message(message)
         say(f"  {message}   ({note})")
@@ -136,9 +139,12 @@ def unexpected(records: list[dict[str, Any]]) -> str | None:
     return None if seen == sorted(EXPECTED) else f"expected records {sorted(EXPECTED)}, got {seen}"
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack.demo", description=__doc__)
+    parser.add_argument("--log-dir", type=Path, default=LOG_DIR / "demo", help="where the parts' logs go")
+    args = parser.parse_args(argv)
     started = time.monotonic()
-    stack = LocalStack(report=lambda line: say("  " + line))
+    stack = LocalStack(log_dir=args.log_dir, report=lambda line: say("  " + line))
     interrupt_on_signals()
     try:
         records = run_demo(stack)
@@ -157,7 +163,7 @@ def main() -> int:
         say("\n==> Stopping the local stack")
         stack.stop()
     if problem:
-        print(f"demo failed: {problem}; logs: {shown_path(LOG_DIR)}/", file=sys.stderr)
+        print(f"demo failed: {problem}; logs: {shown_path(stack.log_dir)}/", file=sys.stderr)
         return 1
     say(f"Done in {time.monotonic() - started:.1f} s: four requests, four records, everything stopped.")
     return 0

@@ -51,7 +51,7 @@ from azure.storage.queue import QueueClient, QueueServiceClient
 
 from devstack._http import BackgroundServer, EmulatorServer, QuietHandler
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("devstack.runner")  # also when run as __main__
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7071

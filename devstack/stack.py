@@ -35,7 +35,7 @@ from azure.storage.queue import QueueClient
 from devstack.runner import DEFAULT_FUNCTION_KEY, DEFAULT_PORT, FUNCTION_KEY_ENV, development_storage_connection_string
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-STATE_DIR = REPO_ROOT / ".devstack"
+STATE_DIR = Path(os.environ.get("DEVSTACK_STATE_DIR") or REPO_ROOT / ".devstack")  # logs and stack.json
 LOG_DIR = STATE_DIR / "logs"
 STATE_FILE = STATE_DIR / "stack.json"
 AZURITE_QUEUE_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite-queue"
@@ -268,6 +268,7 @@ class LocalStack:
         log_dir: Path = LOG_DIR,
         report: Callable[[str], None] = lambda line: None,
     ) -> None:
+        self._vault_dir = Path(tempfile.mkdtemp(prefix="devstack-keyvault-"))  # its TLS CA bundle
         self.function_key = function_key
         self.api_key = secrets.token_hex(16)  # the simulator accepts it; Key Vault holds it; nobody else sees it
         self.requests_queue = requests_queue
@@ -280,7 +281,7 @@ class LocalStack:
         python = [sys.executable, "-u", "-m"]
         self.key_vault = ChildProcess(
             "Key Vault emulator",
-            [*python, "devstack.keyvault_emulator", "--workdir", str(STATE_DIR / "keyvault"),
+            [*python, "devstack.keyvault_emulator", "--workdir", str(self._vault_dir),
              "--secret", f"{SECRET_NAME}={self.api_key}"],
             log_path=log_dir / "keyvault.log",
             ready=re.compile(_JSON_READY.format("keyvault-emulator")),
@@ -363,7 +364,7 @@ class LocalStack:
         """The runner first (it finishes running invocations), then the services it talks to."""
         for part in reversed(self.parts()):
             part.stop()
-        STATE_FILE.unlink(missing_ok=True)
+        shutil.rmtree(self._vault_dir, ignore_errors=True)
 
 
 # --- result records --------------------------------------------------------------------------------
@@ -471,6 +472,7 @@ def _run(args: argparse.Namespace) -> int:
         ignore_signals()
         print("==> Stopping the local stack", flush=True)
         stack.stop()
+        STATE_FILE.unlink(missing_ok=True)
     return 0
 
 
