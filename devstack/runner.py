@@ -46,7 +46,7 @@ from urllib.parse import parse_qsl, unquote
 
 import azure.functions as func
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.functions.queue import QueueMessage
+from azure.functions.queue import QueueMessage, QueueMessageOutConverter
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from devstack._http import BackgroundServer, EmulatorServer, QuietHandler
@@ -432,18 +432,17 @@ async def _awaited(awaitable: Any) -> Any:
 
 
 def output_messages(value: Any) -> list[str]:
-    """The messages a queue output value stands for: a str/bytes, or a list of them (None: no message)."""
+    """The queue messages an output value stands for, converted as the Python worker converts it
+    (str, bytes, QueueMessage or a list of str/QueueMessage; anything else fails the invocation)."""
     if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [message for item in value for message in output_messages(item)]
-    if isinstance(value, bytes):
-        return [value.decode("utf-8")]
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, (dict, int, float, bool)):
-        return [json.dumps(value)]
-    raise TypeError(f"a queue output cannot hold a {type(value).__name__}")
+        return []  # the function never set this output
+    datum = QueueMessageOutConverter.encode(value, expected_type=None)
+    if datum.type == "string":
+        return [datum.value]
+    if datum.type == "bytes":
+        return [datum.value.decode("utf-8")]
+    items = json.loads(datum.value)  # type "json": a QueueMessage or a list, one message per item
+    return [item if isinstance(item, str) else json.dumps(item) for item in (items if isinstance(items, list) else [items])]
 
 
 @contextmanager
