@@ -1,0 +1,212 @@
+// `azd up` entry point: one resource group with a Flex Consumption function app that cancels
+// Azure OpenAI fine-tuning jobs, its storage and queues, a Key Vault for the api-key, monitoring,
+// a user-assigned identity and least-privilege role assignments.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('azd environment name; also the seed of every resource name.')
+param environmentName string
+
+@minLength(1)
+@description('Region of every resource; it must offer Flex Consumption (az functionapp list-flexconsumption-locations).')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Object id of the person deploying (azd sets AZURE_PRINCIPAL_ID); they may set the api-key, enqueue and read results. Empty: no user roles.')
+param principalId string = ''
+
+@description('Resource group name; default rg-<environmentName>.')
+param resourceGroupName string = ''
+
+@description('Azure OpenAI endpoint, https://<resource>.openai.azure.com. Empty: derived from azureOpenAiResourceId.')
+param azureOpenAiEndpoint string = ''
+
+@description('Resource id of an existing Azure OpenAI account; the deployment copies its key1 into Key Vault and derives the endpoint.')
+param azureOpenAiResourceId string = ''
+
+@secure()
+@description('The api-key itself, written into Key Vault when no azureOpenAiResourceId is given. Empty: set the secret yourself.')
+param azureOpenAiApiKey string = ''
+
+@description('Upstream api-version the app sends.')
+param azureOpenAiApiVersion string = '2024-10-21'
+
+@description('Name of the Key Vault secret holding the api-key.')
+param azureOpenAiKeySecretName string = 'azure-openai-api-key'
+
+@description('Key Vault purge protection (irreversible). Turn off only for throwaway environments.')
+param keyVaultEnablePurgeProtection bool = true
+
+@allowed([
+  'Enabled'
+  'Disabled'
+])
+@description('Key Vault public network access. Disabled needs a private endpoint and VNet integration, which this template does not create.')
+param keyVaultPublicNetworkAccess string = 'Enabled'
+
+@maxValue(1000)
+@description('Most instances the app scales out to.')
+param maximumInstanceCount int = 100
+
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+}
+var functionAppName = 'func-api-${resourceToken}'
+var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
+
+// Queue names: the code's defaults (CONTRACT section 1); the poison queue is the host's '<queue>-poison'.
+var cancelRequestsQueue = 'cancel-requests'
+var cancelResultsQueue = 'cancel-results'
+var cancelRequestsPoisonQueue = '${cancelRequestsQueue}-poison'
+
+// The other optional settings, at the code's defaults, written out so operators see and can change them.
+var secretCacheSeconds = '300'
+var keyVaultVerifyChallengeResource = 'true'
+var upstreamTimeoutSeconds = '30'
+var upstreamMaxRetries = '3'
+var upstreamDeadlineSeconds = '60'
+
+// /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.CognitiveServices/accounts/<name>
+var openAiIdParts = split(azureOpenAiResourceId, '/')
+var useOpenAiAccount = !empty(azureOpenAiResourceId)
+var keySource = useOpenAiAccount ? 'account' : (!empty(azureOpenAiApiKey) ? 'parameter' : 'none')
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+module identity 'modules/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: 'id-api-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: 'log-${resourceToken}'
+    applicationInsightsName: 'appi-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module storage 'modules/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: 'st${resourceToken}'
+    location: location
+    tags: tags
+    deploymentContainerName: deploymentContainerName
+    queueNames: [
+      cancelRequestsQueue
+      cancelResultsQueue
+      cancelRequestsPoisonQueue
+    ]
+  }
+}
+
+module keyVault 'modules/keyvault.bicep' = {
+  name: 'keyvault'
+  scope: rg
+  params: {
+    name: 'kv-${resourceToken}'
+    location: location
+    tags: tags
+    enablePurgeProtection: keyVaultEnablePurgeProtection
+    publicNetworkAccess: keyVaultPublicNetworkAccess
+  }
+}
+
+module openAiKey 'modules/openai-key.bicep' = if (keySource != 'none') {
+  name: 'openai-key'
+  scope: rg
+  params: {
+    keyVaultName: keyVault.outputs.name
+    secretName: azureOpenAiKeySecretName
+    openAiSubscriptionId: useOpenAiAccount ? openAiIdParts[2] : ''
+    openAiResourceGroupName: useOpenAiAccount ? openAiIdParts[4] : ''
+    openAiAccountName: useOpenAiAccount ? openAiIdParts[8] : ''
+    apiKey: azureOpenAiApiKey
+  }
+}
+
+var openAiEndpoint = !empty(azureOpenAiEndpoint) ? azureOpenAiEndpoint : (useOpenAiAccount ? openAiKey.outputs.endpoint : '')
+
+module rbac 'modules/rbac.bicep' = {
+  name: 'rbac'
+  scope: rg
+  params: {
+    storageAccountName: storage.outputs.name
+    keyVaultName: keyVault.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    requestsQueueName: cancelRequestsQueue
+    resultsQueueName: cancelResultsQueue
+    poisonQueueName: cancelRequestsPoisonQueue
+    appPrincipalId: identity.outputs.principalId
+    userPrincipalId: principalId
+  }
+}
+
+module api 'modules/functionapp.bicep' = {
+  name: 'api'
+  scope: rg
+  params: {
+    planName: 'plan-${resourceToken}'
+    appName: functionAppName
+    location: location
+    tags: tags
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageBlobEndpoint: storage.outputs.blobEndpoint
+    storageQueueEndpoint: storage.outputs.queueEndpoint
+    deploymentContainerName: deploymentContainerName
+    applicationInsightsConnectionString: monitoring.outputs.applicationInsightsConnectionString
+    maximumInstanceCount: maximumInstanceCount
+    azureOpenAiEndpoint: openAiEndpoint
+    azureOpenAiApiVersion: azureOpenAiApiVersion
+    keyVaultUrl: keyVault.outputs.uri
+    azureOpenAiKeySecretName: azureOpenAiKeySecretName
+    secretCacheSeconds: secretCacheSeconds
+    keyVaultVerifyChallengeResource: keyVaultVerifyChallengeResource
+    cancelRequestsQueue: cancelRequestsQueue
+    cancelResultsQueue: cancelResultsQueue
+    upstreamTimeoutSeconds: upstreamTimeoutSeconds
+    upstreamMaxRetries: upstreamMaxRetries
+    upstreamDeadlineSeconds: upstreamDeadlineSeconds
+  }
+  // The host starts with identity-based storage: its roles must exist before it does.
+  dependsOn: [
+    rbac
+  ]
+}
+
+// Names and URLs only: no key, connection string or secret value is ever an output.
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = api.outputs.name
+output SERVICE_API_NAME string = api.outputs.name
+output AZURE_FUNCTION_APP_URL string = 'https://${api.outputs.defaultHostName}'
+output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+output AZURE_KEY_VAULT_URL string = keyVault.outputs.uri
+output AZURE_OPENAI_KEY_SECRET_NAME string = azureOpenAiKeySecretName
+output AZURE_OPENAI_KEY_SOURCE string = keySource
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output CANCEL_REQUESTS_QUEUE string = cancelRequestsQueue
+output CANCEL_RESULTS_QUEUE string = cancelResultsQueue
+output CANCEL_REQUESTS_POISON_QUEUE string = cancelRequestsPoisonQueue

@@ -1,0 +1,198 @@
+// The Flex Consumption (FC1) plan and the Python function app, with every app setting the code reads.
+// Flex Consumption takes the runtime from functionAppConfig.runtime: FUNCTIONS_WORKER_RUNTIME and
+// FUNCTIONS_EXTENSION_VERSION are not app settings on this plan.
+
+param planName string
+param appName string
+param location string
+param tags object = {}
+param serviceName string = 'api'
+
+param identityId string
+param identityClientId string
+
+param storageBlobEndpoint string
+param storageQueueEndpoint string
+param deploymentContainerName string
+param applicationInsightsConnectionString string
+
+@allowed([
+  '3.11'
+])
+param pythonVersion string = '3.11'
+
+@maxValue(1000)
+param maximumInstanceCount int = 100
+
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+// The app settings of CONTRACT section 1; all strings, as app settings are.
+param azureOpenAiEndpoint string
+param azureOpenAiApiVersion string
+param keyVaultUrl string
+param azureOpenAiKeySecretName string
+param secretCacheSeconds string
+param keyVaultVerifyChallengeResource string
+param cancelRequestsQueue string
+param cancelResultsQueue string
+param upstreamTimeoutSeconds string
+param upstreamMaxRetries string
+param upstreamDeadlineSeconds string
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    name: 'FC1'
+    tier: 'FlexConsumption'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  name: appName
+  location: location
+  tags: union(tags, { 'azd-service-name': serviceName })
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    siteConfig: {
+      minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+      appSettings: [
+        // Host storage by identity: no connection string, no account key anywhere.
+        {
+          name: 'AzureWebJobsStorage__credential'
+          value: 'managedidentity'
+        }
+        {
+          name: 'AzureWebJobsStorage__clientId'
+          value: identityClientId
+        }
+        {
+          name: 'AzureWebJobsStorage__blobServiceUri'
+          value: storageBlobEndpoint
+        }
+        {
+          name: 'AzureWebJobsStorage__queueServiceUri'
+          value: storageQueueEndpoint
+        }
+        // DefaultAzureCredential picks the user-assigned identity by this client id.
+        {
+          name: 'AZURE_CLIENT_ID'
+          value: identityClientId
+        }
+        {
+          name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
+          value: applicationInsightsConnectionString
+        }
+        {
+          name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
+          value: 'ClientId=${identityClientId};Authorization=AAD'
+        }
+        {
+          name: 'AZURE_OPENAI_ENDPOINT'
+          value: azureOpenAiEndpoint
+        }
+        {
+          name: 'AZURE_OPENAI_API_VERSION'
+          value: azureOpenAiApiVersion
+        }
+        {
+          name: 'KEY_VAULT_URL'
+          value: keyVaultUrl
+        }
+        {
+          name: 'AZURE_OPENAI_KEY_SECRET_NAME'
+          value: azureOpenAiKeySecretName
+        }
+        {
+          name: 'SECRET_CACHE_SECONDS'
+          value: secretCacheSeconds
+        }
+        {
+          name: 'KEY_VAULT_VERIFY_CHALLENGE_RESOURCE'
+          value: keyVaultVerifyChallengeResource
+        }
+        {
+          name: 'CANCEL_REQUESTS_QUEUE'
+          value: cancelRequestsQueue
+        }
+        {
+          name: 'CANCEL_RESULTS_QUEUE'
+          value: cancelResultsQueue
+        }
+        {
+          name: 'UPSTREAM_TIMEOUT_SECONDS'
+          value: upstreamTimeoutSeconds
+        }
+        {
+          name: 'UPSTREAM_MAX_RETRIES'
+          value: upstreamMaxRetries
+        }
+        {
+          name: 'UPSTREAM_DEADLINE_SECONDS'
+          value: upstreamDeadlineSeconds
+        }
+      ]
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storageBlobEndpoint}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        maximumInstanceCount: maximumInstanceCount
+        instanceMemoryMB: instanceMemoryMB
+      }
+      runtime: {
+        name: 'python'
+        version: pythonVersion
+      }
+    }
+  }
+}
+
+// Publishing goes through Entra ID (azd, az, Core Tools); basic-auth FTP and SCM stay off.
+resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: functionApp
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: functionApp
+  name: 'scm'
+  properties: {
+    allow: false
+  }
+}
+
+output name string = functionApp.name
+output defaultHostName string = functionApp.properties.defaultHostName

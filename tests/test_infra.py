@@ -1,0 +1,571 @@
+"""Offline checks of the `azd up` templates in infra/: no Bicep CLI exists here, so every other way.
+
+- every .bicep file parses with pycep-parser;
+- checkov (framework bicep) reports no failed check, and each skip in .checkov.yaml has a reason;
+- the templates agree with the code: every app setting the code reads is set on the Function App
+  under its exact name and at the code's default, the queues are the code's queues, and each role
+  id is the built-in role its comment names;
+- the locked-down properties that checkov's skipped checks would otherwise cover.
+
+The code side is read from `shared.settings` (SETTING_DEFAULTS, SETTING_NAMES, SDK_ENVIRONMENT),
+from CONTRACT.md section 1 when the steering `shared/` folder sits beside the repository, and from
+`%NAME%` binding expressions and literal `os.environ` / `getenv` reads in function_app.py and shared/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pycep import BicepParser
+
+pytestmark = pytest.mark.infra
+
+REPO = Path(__file__).resolve().parents[1]
+INFRA = REPO / "infra"
+MAIN = INFRA / "main.bicep"
+FUNCTION_APP_MODULE = INFRA / "modules" / "functionapp.bicep"
+STORAGE_MODULE = INFRA / "modules" / "storage.bicep"
+RBAC_MODULE = INFRA / "modules" / "rbac.bicep"
+CHECKOV_CONFIG = REPO / ".checkov.yaml"
+CONTRACT = REPO.parent / "shared" / "CONTRACT.md"
+CODE_FILES = [REPO / "function_app.py", *sorted((REPO / "shared").glob("*.py"))]
+
+BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
+
+# Azure built-in roles, name -> id, as Microsoft publishes them ("Azure built-in roles", learn.microsoft.com).
+BUILTIN_ROLES = {
+    "Owner": "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",
+    "Contributor": "b24988ac-6180-42a0-ab88-20f7382dd24c",
+    "User Access Administrator": "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9",
+    "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+    "Storage Blob Data Contributor": "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
+    "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
+    "Storage Queue Data Message Processor": "8a0f0c08-91a1-4084-bc3d-661d67233fed",
+    "Storage Queue Data Message Sender": "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a",
+    "Storage Queue Data Reader": "19e7f393-937e-4f77-808e-94535e297925",
+    "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
+    "Key Vault Secrets User": "4633458b-17de-408a-b874-0445c86b69e6",
+    "Key Vault Secrets Officer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
+    "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
+}
+
+# Least privilege: the roles each principal gets, and nothing more.
+APP_ROLES = {
+    "Storage Blob Data Owner",
+    "Storage Queue Data Contributor",
+    "Key Vault Secrets User",
+    "Monitoring Metrics Publisher",
+}
+USER_ROLES = {"Key Vault Secrets Officer", "Storage Queue Data Message Sender", "Storage Queue Data Reader"}
+
+# Read by the code path but provided by the platform or only used locally, never set by the template.
+NOT_APP_SETTINGS = {
+    "IDENTITY_ENDPOINT",  # set by App Service for managed identity
+    "IDENTITY_HEADER",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "REQUESTS_CA_BUNDLE",  # local emulators' TLS only
+    "SSL_CERT_FILE",
+}
+
+# Flex Consumption takes these from functionAppConfig; as app settings they are rejected or ignored.
+FLEX_FORBIDDEN_SETTINGS = {
+    "FUNCTIONS_WORKER_RUNTIME",
+    "FUNCTIONS_EXTENSION_VERSION",
+    "WEBSITE_RUN_FROM_PACKAGE",
+    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+    "WEBSITE_CONTENTSHARE",
+    "SCM_DO_BUILD_DURING_DEPLOYMENT",
+    "ENABLE_ORYX_BUILD",
+}
+
+GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+ROLE_VAR_LINE = re.compile(rf"^\s*var\s+(\w+)\s*=\s*'({GUID.pattern})'\s*//\s*(.+?)\s*$")
+INTERPOLATION = re.compile(r"\$\{(\w+)\}")
+
+
+# --- reading the templates -------------------------------------------------------------------
+
+
+@cache
+def parsed(path: Path) -> dict[str, Any]:
+    document = BicepParser().parse(file_path=path)
+    for section in ("parameters", "variables", "resources", "modules", "outputs"):
+        document.setdefault(section, {})  # pycep leaves out the sections a file does not have
+    return document
+
+
+def resource_body(resource: dict[str, Any]) -> dict[str, Any]:
+    """A resource's or module's object, whether or not it is deployed `if (...)`."""
+    config = resource["config"]
+    return config["config"] if "condition" in config and "config" in config else config
+
+
+def is_conditional(resource: dict[str, Any]) -> bool:
+    return "condition" in resource["config"] and "config" in resource["config"]
+
+
+def resources_of_type(path: Path, resource_type: str) -> dict[str, dict[str, Any]]:
+    return {
+        name: resource
+        for name, resource in parsed(path)["resources"].items()
+        if resource["type"] == resource_type and not resource["existing"]
+    }
+
+
+def module_call(module_file: Path) -> dict[str, Any]:
+    """The params main.bicep passes to a module."""
+    calls = [
+        resource_body(module)["params"]
+        for module in parsed(MAIN)["modules"].values()
+        if (INFRA / module["detail"]["path"]).resolve() == module_file.resolve()
+    ]
+    assert len(calls) == 1, f"main.bicep should call {module_file.name} exactly once, found {len(calls)}"
+    return calls[0]
+
+
+def resolve(value: Any, template: Path, caller: dict[str, Any] | None = None) -> str | None:
+    """The value of a simple expression: a literal, a param, a var, or '${...}' of those; else None.
+
+    pycep writes an identifier and a string literal the same way, so a string naming a param or
+    var of the file is read as a reference to it (the templates keep such names distinct).
+    """
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if not isinstance(value, str):
+        return None
+    doc = parsed(template)
+    if value in doc["parameters"]:
+        if caller is not None and value in caller:
+            return resolve(caller[value], MAIN)
+        return resolve(doc["parameters"][value]["default"], template, caller)
+    if value in doc["variables"]:
+        return resolve(doc["variables"][value]["value"], template, caller)
+
+    def substitute(match: re.Match[str]) -> str:
+        inner = resolve(match.group(1), template, caller)
+        return inner if inner is not None else match.group(0)
+
+    return INTERPOLATION.sub(substitute, value)
+
+
+def function_app() -> dict[str, Any]:
+    sites = resources_of_type(FUNCTION_APP_MODULE, "Microsoft.Web/sites")
+    assert len(sites) == 1, "functionapp.bicep should declare one Microsoft.Web/sites"
+    return resource_body(next(iter(sites.values())))
+
+
+def app_settings() -> dict[str, Any]:
+    """name -> raw value of siteConfig.appSettings on the Function App."""
+    entries = function_app()["properties"]["siteConfig"]["appSettings"]
+    settings = {entry["name"]: entry["value"] for entry in entries}
+    assert len(settings) == len(entries), "an app setting is listed twice"
+    return settings
+
+
+def app_setting_value(name: str) -> str | None:
+    return resolve(app_settings()[name], FUNCTION_APP_MODULE, module_call(FUNCTION_APP_MODULE))
+
+
+# --- reading the code ------------------------------------------------------------------------
+
+
+def contract_settings() -> dict[str, str | None]:
+    """CONTRACT.md section 1's table: name -> default (None when required)."""
+    text = CONTRACT.read_text(encoding="utf-8")
+    section = text.split("## 1.", 1)[1].split("\n## ", 1)[0]
+    settings: dict[str, str | None] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and re.fullmatch(r"`[A-Za-z_][A-Za-z0-9_]*`", cells[0]):
+            default = cells[2].strip("`") or None
+            settings[cells[0].strip("`")] = default
+    assert settings, "CONTRACT.md section 1 has no settings table"
+    return settings
+
+
+def code_settings_module() -> Any | None:
+    try:
+        import shared.settings as settings_module
+    except ImportError:
+        return None
+    return settings_module
+
+
+def settings_read_by_code() -> set[str]:
+    """Every environment name the code, the bindings or the contract say the app reads."""
+    names: set[str] = set()
+    module = code_settings_module()
+    if module is not None:
+        names |= set(getattr(module, "SETTING_NAMES", ()))
+        names |= set(getattr(module, "SETTING_DEFAULTS", {}))
+        names |= set(getattr(module, "SDK_ENVIRONMENT", ()))
+    if CONTRACT.exists():
+        names |= set(contract_settings())
+    reads = re.compile(
+        r"""(?:environ\s*\[\s*|environ\.get\(\s*|getenv\(\s*)["']([A-Za-z_][A-Za-z0-9_]*)["']"""
+    )
+    for path in CODE_FILES:
+        if path.exists():
+            text = path.read_text(encoding="utf-8")
+            # Binding expressions in keyword arguments (queue_name="%X%"), not strftime formats.
+            names |= set(re.findall(r"""=\s*["'][^"'\n]*?%([A-Za-z_][A-Za-z0-9_]*)%""", text))
+            names |= set(reads.findall(text))
+    assert names, "found no setting names: neither shared.settings nor CONTRACT.md could be read"
+    return names
+
+
+def binding_connections() -> set[str]:
+    names: set[str] = set()
+    for path in CODE_FILES:
+        if path.exists():
+            names |= set(re.findall(r"""connection\s*=\s*["']([A-Za-z_][A-Za-z0-9_]*)["']""", path.read_text()))
+    return names
+
+
+def code_defaults() -> dict[str, str]:
+    """The optional settings' defaults: the code's own mapping, else CONTRACT.md's table."""
+    module = code_settings_module()
+    if module is not None and getattr(module, "SETTING_DEFAULTS", None):
+        return dict(module.SETTING_DEFAULTS)
+    return {name: default for name, default in contract_settings().items() if default is not None}
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def test_there_are_templates_to_check() -> None:
+    assert MAIN in BICEP_FILES
+    assert len(BICEP_FILES) > 1, "main.bicep should be split into small modules under infra/"
+
+
+@pytest.mark.parametrize("path", BICEP_FILES, ids=lambda p: str(p.relative_to(INFRA)))
+def test_bicep_file_parses(path: Path) -> None:
+    try:
+        document = BicepParser().parse(file_path=path)
+    except Exception as err:  # lark raises several error types; any of them is a failure
+        pytest.fail(f"{path.relative_to(REPO)} does not parse: {err}")
+    assert document.get("resources") or document.get("modules"), f"{path.name} declares nothing"
+
+
+@pytest.mark.parametrize("path", BICEP_FILES, ids=lambda p: str(p.relative_to(INFRA)))
+def test_every_resource_pins_a_stable_api_version(path: Path) -> None:
+    for name, resource in parsed(path)["resources"].items():
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", resource["api_version"] or ""), (
+            f"{path.name}: resource {name} ({resource['type']}) has api version {resource['api_version']!r}"
+        )
+    text = path.read_text(encoding="utf-8")
+    for type_string in re.findall(r"'(Microsoft\.[A-Za-z]+/[^']*)'", text):
+        if "/" in type_string.split("@")[0] and not type_string.startswith("Microsoft.Authorization/roleDefinitions"):
+            assert "@" in type_string, f"{path.name}: {type_string} has no pinned api version"
+
+
+def test_module_paths_exist() -> None:
+    for path in BICEP_FILES:
+        for name, module in parsed(path)["modules"].items():
+            target = path.parent / module["detail"]["path"]
+            assert target.is_file(), f"{path.name}: module {name} points at missing {target}"
+
+
+# --- checkov ---------------------------------------------------------------------------------
+
+
+def find_checkov() -> str | None:
+    candidates = [os.environ.get("CHECKOV"), str(REPO / ".venv-checkov" / "bin" / "checkov"), shutil.which("checkov")]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def test_checkov_reports_no_failed_check() -> None:
+    checkov = find_checkov()
+    if checkov is None:
+        pytest.fail(
+            "checkov not found: set CHECKOV=/path/to/checkov, put it on PATH, or install it with "
+            "`python3 -m venv .venv-checkov && .venv-checkov/bin/pip install checkov` (make test does this)"
+        )
+    completed = subprocess.run(
+        [checkov, "--config-file", str(CHECKOV_CONFIG), "--output", "json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    try:
+        report = json.loads(completed.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"checkov printed no JSON report (exit {completed.returncode}):\n{completed.stderr[-3000:]}")
+    reports = report if isinstance(report, list) else [report]
+    bicep = [r for r in reports if isinstance(r, dict) and r.get("check_type") == "bicep"]
+    assert bicep, f"checkov scanned no Bicep at all:\n{completed.stdout[:2000]}"
+    summary = bicep[0]["summary"]
+    results = bicep[0]["results"]
+    failures = [
+        f"{c['check_id']} {c['check_name']} -- {c['resource']} ({c['file_path']})" for c in results["failed_checks"]
+    ]
+    assert not failures, "checkov failed checks:\n" + "\n".join(failures)
+    assert summary["parsing_errors"] == 0, f"checkov could not parse: {results.get('parsing_errors')}"
+    assert summary["passed"] > 0
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+
+def test_every_checkov_skip_is_listed_once_with_a_reason() -> None:
+    lines = CHECKOV_CONFIG.read_text(encoding="utf-8").splitlines()
+    start = lines.index("skip-check:")
+    skips: dict[str, str] = {}
+    for line in lines[start + 1 :]:
+        if not line.startswith("  - "):
+            break
+        match = re.fullmatch(r"  - (CKV2?_[A-Z]+_\d+)\s+#\s*(.+)", line)
+        assert match, f"skip without a reason comment: {line!r}"
+        assert match.group(1) not in skips, f"{match.group(1)} skipped twice"
+        assert len(match.group(2)) >= 30, f"{match.group(1)}: reason too short to be one"
+        skips[match.group(1)] = match.group(2)
+    assert skips, ".checkov.yaml lists no skip-check entries"
+    for path in BICEP_FILES:
+        assert "checkov:skip" not in path.read_text(), f"{path.name}: skip inline; list it in .checkov.yaml"
+
+
+# --- consistency with the code ---------------------------------------------------------------
+
+
+def test_every_setting_the_code_reads_is_set_on_the_function_app() -> None:
+    settings = app_settings()
+    missing = []
+    for name in sorted(settings_read_by_code() - NOT_APP_SETTINGS):
+        if name in binding_connections() or name == "AzureWebJobsStorage":
+            continue  # a connection: checked by its identity-based settings below
+        if name not in settings:
+            missing.append(name)
+    assert not missing, f"app settings the code reads but the Function App does not set: {missing}"
+
+
+def test_binding_connections_are_identity_based() -> None:
+    settings = app_settings()
+    for connection in binding_connections() | {"AzureWebJobsStorage"}:
+        assert connection not in settings, f"{connection} as a connection string; use {connection}__* settings"
+        assert resolve(settings[f"{connection}__credential"], FUNCTION_APP_MODULE) == "managedidentity"
+        for part in ("clientId", "blobServiceUri", "queueServiceUri"):
+            assert f"{connection}__{part}" in settings, f"{connection}__{part} is not set"
+    assert settings["AzureWebJobsStorage__clientId"] == settings["AZURE_CLIENT_ID"] == "identityClientId"
+    call = module_call(FUNCTION_APP_MODULE)
+    assert "clientId" in json.dumps(call["identityClientId"])
+    assert "blobEndpoint" in json.dumps(call["storageBlobEndpoint"])
+    assert "queueEndpoint" in json.dumps(call["storageQueueEndpoint"])
+
+
+def test_optional_settings_are_set_to_the_codes_defaults() -> None:
+    for name, default in code_defaults().items():
+        assert app_setting_value(name) == default, f"{name}: template sets {app_setting_value(name)!r}, code default {default!r}"
+
+
+def test_application_insights_uses_the_identity() -> None:
+    settings = app_settings()
+    assert "APPLICATIONINSIGHTS_CONNECTION_STRING" in settings
+    assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "ClientId=${identityClientId};Authorization=AAD"
+
+
+def test_no_app_setting_that_flex_consumption_rejects() -> None:
+    forbidden = FLEX_FORBIDDEN_SETTINGS & set(app_settings())
+    assert not forbidden, f"not app settings on Flex Consumption (runtime is functionAppConfig.runtime): {forbidden}"
+    runtime = function_app()["properties"]["functionAppConfig"]["runtime"]
+    assert runtime["name"] == "python"
+    assert resolve(runtime["version"], FUNCTION_APP_MODULE, module_call(FUNCTION_APP_MODULE)) == "3.11"
+
+
+def test_queues_created_up_front_are_the_codes_queues() -> None:
+    defaults = code_defaults()
+    requests_queue = defaults["CANCEL_REQUESTS_QUEUE"]
+    expected = {requests_queue, defaults["CANCEL_RESULTS_QUEUE"], f"{requests_queue}-poison"}
+    passed = module_call(STORAGE_MODULE)["queueNames"]
+    created = {resolve(name, MAIN) for name in passed}
+    assert created == expected
+    queues = resources_of_type(STORAGE_MODULE, "Microsoft.Storage/storageAccounts/queueServices/queues")
+    assert len(queues) == 1, "storage.bicep should create the queues from queueNames"
+
+
+def test_outputs_name_the_queues() -> None:
+    outputs = parsed(MAIN)["outputs"]
+    defaults = code_defaults()
+    assert resolve(outputs["CANCEL_REQUESTS_QUEUE"]["value"], MAIN) == defaults["CANCEL_REQUESTS_QUEUE"]
+    assert resolve(outputs["CANCEL_RESULTS_QUEUE"]["value"], MAIN) == defaults["CANCEL_RESULTS_QUEUE"]
+    assert resolve(outputs["CANCEL_REQUESTS_POISON_QUEUE"]["value"], MAIN) == defaults["CANCEL_REQUESTS_QUEUE"] + "-poison"
+
+
+# --- role assignments ------------------------------------------------------------------------
+
+
+def role_variables() -> dict[str, str]:
+    """var name -> role name, from `var x = '<guid>' // <role name>` lines, checked against BUILTIN_ROLES."""
+    roles: dict[str, str] = {}
+    for path in BICEP_FILES:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not GUID.search(line):
+                continue
+            match = ROLE_VAR_LINE.match(line)
+            assert match, f"{path.name}:{number}: a GUID outside `var <name> = '<guid>' // <role name>`"
+            var_name, guid, role_name = match.groups()
+            assert role_name in BUILTIN_ROLES, f"{path.name}:{number}: {role_name!r} is not a known built-in role"
+            assert guid.lower() == BUILTIN_ROLES[role_name], (
+                f"{path.name}:{number}: {guid} is not {role_name} ({BUILTIN_ROLES[role_name]})"
+            )
+            roles[var_name] = role_name
+    return roles
+
+
+def role_assignments() -> list[tuple[str, str, str, bool]]:
+    """(resource name, principal param, role name, conditional) of every role assignment."""
+    roles = role_variables()
+    found = []
+    for path in BICEP_FILES:
+        for name, resource in resources_of_type(path, "Microsoft.Authorization/roleAssignments").items():
+            body = resource_body(resource)
+            definition = body["properties"]["roleDefinitionId"]["function"]
+            assert definition["type"] == "subscription_resource_id", f"{name}: role id not a subscriptionResourceId"
+            role_var = definition["parameters"]["resource_name_1"]
+            assert role_var in roles, f"{name}: role {role_var} is not a commented built-in role variable"
+            naming = body["name"]["function"]
+            assert naming["type"] == "guid", f"{name}: name is not guid(...)"
+            principal = body["properties"]["principalId"]
+            assert principal in naming["parameters"].values() and role_var in naming["parameters"].values(), (
+                f"{name}: guid() must include the principal and the role"
+            )
+            found.append((name, principal, roles[role_var], is_conditional(resource)))
+    return found
+
+
+def test_role_ids_are_the_builtin_roles_their_comments_name() -> None:
+    assert set(role_variables().values()) == APP_ROLES | USER_ROLES
+
+
+def test_role_assignments_are_least_privilege() -> None:
+    assignments = role_assignments()
+    app = {role for _, principal, role, _ in assignments if principal == "appPrincipalId"}
+    user = {role for _, principal, role, _ in assignments if principal == "userPrincipalId"}
+    assert app == APP_ROLES
+    assert user == USER_ROLES
+    assert {principal for _, principal, _, _ in assignments} == {"appPrincipalId", "userPrincipalId"}
+    for name, principal, _, conditional in assignments:
+        if principal == "userPrincipalId":
+            assert conditional, f"{name}: the user's roles apply only when AZURE_PRINCIPAL_ID is set"
+    rbac_call = module_call(RBAC_MODULE)
+    assert rbac_call["userPrincipalId"] == "principalId"
+    app_principal = json.dumps(rbac_call["appPrincipalId"])
+    assert '"identity"' in app_principal and '"principalId"' in app_principal
+
+
+# --- locked-down properties ------------------------------------------------------------------
+
+
+def single(path: Path, resource_type: str) -> dict[str, Any]:
+    found = resources_of_type(path, resource_type)
+    assert len(found) == 1, f"{path.name}: expected one {resource_type}, found {len(found)}"
+    return resource_body(next(iter(found.values())))
+
+
+def test_storage_account_is_entra_only_and_tls_1_2() -> None:
+    storage = single(STORAGE_MODULE, "Microsoft.Storage/storageAccounts")["properties"]
+    assert storage["allowSharedKeyAccess"] is False
+    assert storage["minimumTlsVersion"] == "TLS1_2"
+    assert storage["allowBlobPublicAccess"] is False
+    assert storage["supportsHttpsTrafficOnly"] is True
+    container = single(STORAGE_MODULE, "Microsoft.Storage/storageAccounts/blobServices/containers")
+    assert container["properties"]["publicAccess"] == "None"
+
+
+def test_key_vault_is_rbac_only_with_soft_delete_and_purge_protection_by_default() -> None:
+    keyvault = INFRA / "modules" / "keyvault.bicep"
+    vault = single(keyvault, "Microsoft.KeyVault/vaults")["properties"]
+    assert vault["enableRbacAuthorization"] is True
+    assert vault["enableSoftDelete"] is True
+    purge = vault["enablePurgeProtection"]["operator"]["operands"]
+    assert (purge["condition"], purge["true_value"], purge["false_value"]) == ("enablePurgeProtection", True, None)
+    assert parsed(keyvault)["parameters"]["enablePurgeProtection"]["default"] is True
+    assert parsed(MAIN)["parameters"]["keyVaultEnablePurgeProtection"]["default"] is True
+    assert module_call(keyvault)["enablePurgeProtection"] == "keyVaultEnablePurgeProtection"
+    assert module_call(keyvault)["publicNetworkAccess"] == "keyVaultPublicNetworkAccess"
+
+
+def test_function_app_is_https_only_ftps_off_tls_1_2_on_flex_consumption() -> None:
+    site = function_app()
+    assert site["properties"]["httpsOnly"] is True
+    assert site["properties"]["siteConfig"]["ftpsState"] == "Disabled"
+    assert site["properties"]["siteConfig"]["minTlsVersion"] == "1.2"
+    assert site["identity"]["type"] == "UserAssigned"
+    plan = single(FUNCTION_APP_MODULE, "Microsoft.Web/serverfarms")
+    assert plan["sku"] == {"name": "FC1", "tier": "FlexConsumption"}
+    deployment = site["properties"]["functionAppConfig"]["deployment"]["storage"]
+    assert deployment["authentication"]["type"] == "UserAssignedIdentity"
+
+
+def test_monitoring_refuses_local_auth() -> None:
+    monitoring = INFRA / "modules" / "monitoring.bicep"
+    assert single(monitoring, "Microsoft.Insights/components")["properties"]["DisableLocalAuth"] is True
+
+
+def test_outputs_carry_no_secret() -> None:
+    secure_params = {
+        name
+        for name, param in parsed(MAIN)["parameters"].items()
+        if any(decorator["type"] == "secure" for decorator in param["decorators"])
+    }
+    assert "azureOpenAiApiKey" in secure_params
+    for path in BICEP_FILES:
+        for name, output in parsed(path)["outputs"].items():
+            text = json.dumps(output["value"])
+            assert '"func_name"' not in text, f"{path.name}: output {name} calls list*() or getSecret()"
+            assert not any(f'"{param}"' in text for param in secure_params), f"{path.name}: output {name} leaks a secure param"
+            assert "apiKey" not in text, f"{path.name}: output {name} touches the api-key"
+
+
+def test_outputs_azd_and_users_need() -> None:
+    outputs = set(parsed(MAIN)["outputs"])
+    needed = {
+        "AZURE_FUNCTION_APP_NAME",
+        "AZURE_FUNCTION_APP_URL",
+        "AZURE_KEY_VAULT_URL",
+        "AZURE_KEY_VAULT_NAME",
+        "AZURE_STORAGE_ACCOUNT_NAME",
+        "AZURE_OPENAI_KEY_SECRET_NAME",
+        "CANCEL_REQUESTS_QUEUE",
+        "CANCEL_RESULTS_QUEUE",
+    }
+    assert needed <= outputs, f"missing outputs: {needed - outputs}"
+
+
+# --- azd wiring ------------------------------------------------------------------------------
+
+
+def test_parameters_file_uses_azd_substitutions() -> None:
+    parameters = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    values = {name: entry["value"] for name, entry in parameters.items()}
+    assert values["environmentName"] == "${AZURE_ENV_NAME}"
+    assert values["location"] == "${AZURE_LOCATION}"
+    assert values["principalId"] == "${AZURE_PRINCIPAL_ID}"
+    main_params = parsed(MAIN)["parameters"]
+    assert set(values) <= set(main_params), f"parameters main.bicep lacks: {set(values) - set(main_params)}"
+    assert "azureOpenAiApiKey" not in values, "keep the api-key out of azd's plain-text .env"
+
+
+def test_azure_yaml_declares_the_python_function_service() -> None:
+    text = (REPO / "azure.yaml").read_text(encoding="utf-8")
+    services = text.split("services:", 1)[1]
+    assert re.search(r"^  api:\s*$", services, re.MULTILINE)
+    assert re.search(r"^    language: python\s*$", services, re.MULTILINE)
+    assert re.search(r"^    host: function\s*$", services, re.MULTILINE)
+    # azd finds the app to deploy to by this tag.
+    assert "'azd-service-name': serviceName" in FUNCTION_APP_MODULE.read_text()
+    assert parsed(FUNCTION_APP_MODULE)["parameters"]["serviceName"]["default"] == "api"
+
