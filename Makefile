@@ -6,6 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
 .PHONY: test install clean run demo
 
@@ -18,8 +21,15 @@ $(STAMP): requirements.txt requirements-dev.txt
 	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $(STAMP)
 
-test: install $(NPM_STAMP)
-	$(PY) -m pytest
+test: install $(NPM_STAMP) $(CHECKOV_STAMP)
+	CHECKOV=$(abspath $(CHECKOV_VENV)/bin/checkov) $(PY) -m pytest
+
+# checkov pins many packages of its own, so it gets a venv of its own.
+$(CHECKOV_STAMP):
+	@echo "==> checkov $(CHECKOV_VERSION) into $(CHECKOV_VENV) (own venv: it pins many packages)"
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	@$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check "checkov==$(CHECKOV_VERSION)"
+	@touch $(CHECKOV_STAMP)
 
 clean:
 	rm -rf $(VENV) .venv-* node_modules .pytest_cache .hypothesis
