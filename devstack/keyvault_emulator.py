@@ -219,6 +219,12 @@ class KeyVaultEmulator:
         with self._lock:
             return [dict(query) for query in self._token_requests]
 
+    @property
+    def issued_tokens(self) -> list[str]:
+        """Return every bearer token the identity endpoint has issued (for leak searches)."""
+        with self._lock:
+            return list(self._tokens)
+
     def reset_counts(self) -> None:
         """Zero the read and token counters and forget token requests."""
         with self._lock:
