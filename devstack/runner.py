@@ -547,6 +547,10 @@ class HttpFrontEnd:
         return response
 
 
+def _first_line(err: Exception) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0]
+
+
 def _decoded_path(raw_path: str) -> str:
     """The path with percent-escapes decoded except `%2F`, which stays inside its segment (as in ASP.NET Core)."""
     return "%2F".join(unquote(piece) for piece in _ENCODED_SLASH.split(raw_path))
@@ -651,8 +655,8 @@ class QueueListener:
                 return
             try:
                 messages = self._receive()
-            except Exception:  # noqa: BLE001 - storage hiccups are logged and the loop backs off
-                logger.exception("Polling queue '%s' failed", self.function.trigger_queue)
+            except Exception as err:  # noqa: BLE001 - storage unreachable: said once per poll, and the loop backs off
+                logger.warning("Polling queue '%s' failed: %s", self.function.trigger_queue, _first_line(err))
                 messages = []
             for message in messages:
                 with self._slots:

@@ -372,20 +372,20 @@ class LocalStack:
 
 def format_records(records: Sequence[Mapping[str, Any]]) -> str:
     """Result records as a plain-text table, oldest first."""
-    columns = ("received", "trigger", "job id", "outcome", "status", "tries", "detail")
+    columns = ("received (UTC)", "trigger", "job id", "outcome", "status", "dequeue", "detail")
     rows = []
     for record in sorted(records, key=lambda r: r.get("received_at") or ""):
         error = record.get("error") or {}
         job = record.get("job") or {}
         detail = error.get("message") or (f"job status: {job.get('status')}" if job else "")
-        tries = record.get("dequeue_count") or "-"
+        dequeue_count = record.get("dequeue_count") or "-"
         rows.append((
             (record.get("received_at") or "")[11:23],
             record.get("trigger") or "",
             record.get("job_id") or "(none)",
             record.get("outcome") or "",
             str(record.get("status_code", "")),
-            str(tries),
+            str(dequeue_count),
             _cut(detail, 60),
         ))
     widths = [max(len(column), *(len(row[i]) for row in rows)) if rows else len(column) for i, column in enumerate(columns)]

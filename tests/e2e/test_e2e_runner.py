@@ -29,11 +29,17 @@ FAST_HOST = HostSettings(
 )
 
 
+CONCURRENT_CALLS = 3
+
+
 class Calls:
     """What the test app's functions were called with."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        # Passed only when CONCURRENT_CALLS invocations wait at it together.
+        self.http_rendezvous = threading.Barrier(CONCURRENT_CALLS, timeout=15)
+        self.queue_rendezvous = threading.Barrier(CONCURRENT_CALLS, timeout=15)
         self.dequeue_counts: list[int] = []
         self.bodies: list[bytes] = []
 
@@ -61,6 +67,19 @@ def build_app(calls: Calls) -> func.FunctionApp:
         calls.add(msg)
         out.set(msg.get_body().decode("utf-8").upper())
 
+    @app.function_name("rendezvous_queue")
+    @app.queue_trigger(arg_name="msg", queue_name="%RENDEZVOUS_QUEUE%", connection="AzureWebJobsStorage")
+    @app.queue_output(arg_name="out", queue_name="%OUTPUT_QUEUE%", connection="AzureWebJobsStorage")
+    def rendezvous_queue(msg: func.QueueMessage, out: func.Out[str]) -> None:
+        calls.queue_rendezvous.wait()
+        out.set(f"{msg.get_body().decode()} dequeue {msg.dequeue_count}")
+
+    @app.function_name("rendezvous_http")
+    @app.route(route="rendezvous", methods=["POST"])
+    def rendezvous_http(req: func.HttpRequest) -> func.HttpResponse:
+        calls.http_rendezvous.wait()
+        return func.HttpResponse("met")
+
     @app.function_name("item")
     @app.route(route="items/{id:int}/{name?}", methods=["GET"])
     @app.queue_output(arg_name="out", queue_name="%OUTPUT_QUEUE%", connection="AzureWebJobsStorage")
@@ -83,7 +102,8 @@ def build_app(calls: Calls) -> func.FunctionApp:
 
 @pytest.fixture
 def queues() -> dict[str, str]:
-    return {name: unique_queue_name(name.split("_")[0].lower()) for name in ("FAILING_QUEUE", "SHOUT_QUEUE", "OUTPUT_QUEUE")}
+    names = ("FAILING_QUEUE", "SHOUT_QUEUE", "RENDEZVOUS_QUEUE", "OUTPUT_QUEUE")
+    return {name: unique_queue_name(name.split("_")[0].lower()) for name in names}
 
 
 @pytest.fixture
@@ -92,7 +112,7 @@ def calls() -> Calls:
 
 
 def start(azurite: Azurite, calls: Calls, queues: dict[str, str], host: HostSettings) -> FunctionsRunner:
-    azurite.create_queues(queues["FAILING_QUEUE"], queues["SHOUT_QUEUE"])
+    azurite.create_queues(queues["FAILING_QUEUE"], queues["SHOUT_QUEUE"], queues["RENDEZVOUS_QUEUE"])
     settings = {"AzureWebJobsStorage": azurite.connection_string, **queues}
     return FunctionsRunner(build_app(calls), host_settings=host, settings=settings, port=0, function_key="k").start()
 
@@ -181,3 +201,27 @@ def test_an_unresolved_setting_stops_the_runner_from_starting(azurite: Azurite, 
 
     with pytest.raises(RunnerError, match="%[A-Z_]+_QUEUE%. does not resolve to a value"):
         runner.start()
+
+
+def test_http_requests_run_concurrently(runner: FunctionsRunner):
+    answers: list[int] = []
+
+    def call() -> None:
+        answers.append(requests.post(f"{runner.api_url}/rendezvous", timeout=30).status_code)
+
+    callers = [threading.Thread(target=call) for _ in range(CONCURRENT_CALLS)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+
+    assert answers == [200] * CONCURRENT_CALLS  # one at a time, the rendezvous would break: 500s
+
+
+def test_a_batch_of_messages_runs_concurrently(azurite: Azurite, runner: FunctionsRunner, queues: dict[str, str]):
+    for n in range(CONCURRENT_CALLS):
+        queue(azurite, queues["RENDEZVOUS_QUEUE"]).send_message(f"message {n}")
+
+    outputs = take_messages(queue(azurite, queues["OUTPUT_QUEUE"]), CONCURRENT_CALLS)
+
+    assert sorted(outputs) == [f"message {n} dequeue 1" for n in range(CONCURRENT_CALLS)]

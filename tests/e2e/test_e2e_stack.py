@@ -55,7 +55,7 @@ def test_demo_prints_four_records_stops_everything_and_exits_0(tmp_path: Path):
 
 def table_rows(output: str) -> list[tuple[str, str]]:
     """(trigger, outcome) of each row of the records table the demo prints."""
-    lines = output[output.index("received  ") :].splitlines()[2:]
+    lines = output[output.index("received (UTC)") :].splitlines()[2:]
     rows = [re.split(r"\s{2,}", line) for line in lines[: lines.index("")]]
     return [(row[1], row[3]) for row in rows]
 
