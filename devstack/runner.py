@@ -848,7 +848,15 @@ class FunctionsRunner:
                 function_key=self.function_key,
                 queues=self._queues,
             )
-            self._server = BackgroundServer(EmulatorServer(self._address, _HttpHandler, app=front_end), "functions-http")
+            try:
+                server = EmulatorServer(self._address, _HttpHandler, app=front_end)
+            except OSError as err:
+                host, port = self._address
+                raise RunnerError(
+                    f"cannot listen on http://{host}:{port} ({err.strerror}); is another runner or `func start` "
+                    "using it? Choose another port (--port, or FUNCTIONS_PORT for make run)"
+                ) from err
+            self._server = BackgroundServer(server, "functions-http")
             self._listeners = [
                 QueueListener(
                     function,
