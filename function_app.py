@@ -50,7 +50,7 @@ def cancel_job_http(req: func.HttpRequest, results: func.Out[str]) -> func.HttpR
 @app.queue_output(arg_name="results", queue_name="%CANCEL_RESULTS_QUEUE%", connection="AzureWebJobsStorage")
 def cancel_job_queue(msg: func.QueueMessage, results: func.Out[str]) -> None:
     """One message of the request queue: a job id or {"job_id": ...}, plain or base64."""
-    record = cancel_from_queue(msg.get_body(), dequeue_count=msg.dequeue_count)
+    record = cancel_from_queue(msg.get_body(), dequeue_count=msg.dequeue_count, message_id=msg.id)
     if should_retry_message(record, dequeue_count=msg.dequeue_count, max_dequeue_count=MAX_DEQUEUE_COUNT):
         raise RetryLater(
             f"message {msg.id} attempt {msg.dequeue_count} of {MAX_DEQUEUE_COUNT}: {record.error['message']}"

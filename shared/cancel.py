@@ -154,13 +154,19 @@ def cancel_from_http(job_id: object, correlation_id: object, wait_seconds: objec
     return cancel_request(request)
 
 
-def cancel_from_queue(body: bytes, *, dequeue_count: int | None) -> ResultRecord:
-    """The queue trigger's message body, in any of the forms CONTRACT section 4 allows."""
+def cancel_from_queue(body: bytes, *, dequeue_count: int | None, message_id: str | None = None) -> ResultRecord:
+    """The queue trigger's message body, in any of the forms CONTRACT section 4 allows.
+
+    The record's `request_id` is the queue message id, so a redelivered message's record
+    can be told from another message's.
+    """
     received_at = utc_now()
     try:
-        request = parse_queue_message(body, dequeue_count=dequeue_count)
+        request = parse_queue_message(body, dequeue_count=dequeue_count, request_id=message_id)
     except InvalidRequest as err:
-        return rejected_record(err, Trigger.QUEUE, received_at, job_id=err.job_id, dequeue_count=dequeue_count)
+        return rejected_record(
+            err, Trigger.QUEUE, received_at, job_id=err.job_id, dequeue_count=dequeue_count, request_id=message_id
+        )
     return cancel_request(request)
 
 
@@ -251,13 +257,14 @@ def rejected_record(
     *,
     job_id: str | None,
     dequeue_count: int | None = None,
+    request_id: str | None = None,
 ) -> ResultRecord:
     record = ResultRecord(
         job_id=job_id,
         outcome=Outcome.REJECTED,
         status_code=400,
         trigger=trigger,
-        request_id=str(uuid.uuid4()),
+        request_id=request_id or str(uuid.uuid4()),
         received_at=received_at,
         error={"code": "invalidPayload", "message": err.message, "target": err.target},
         dequeue_count=dequeue_count,

@@ -7,7 +7,7 @@ import binascii
 import json
 import re
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -118,7 +118,7 @@ def validate_wait_seconds(wait_seconds: object) -> float:
     return seconds
 
 
-def parse_queue_message(body: bytes, *, dequeue_count: int | None) -> CancelRequest:
+def parse_queue_message(body: bytes, *, dequeue_count: int | None, request_id: str | None = None) -> CancelRequest:
     """Read a queue message body: a bare job id or a JSON object, either optionally base64-encoded.
 
     Raises `InvalidRequest` carrying whatever job id could be read, for the rejected record.
@@ -132,8 +132,10 @@ def parse_queue_message(body: bytes, *, dequeue_count: int | None) -> CancelRequ
     if _BASE64_TEXT.fullmatch(text):  # base64 text holds neither "-" nor "{": unambiguous
         text = _base64_decoded(text) or text
     if text.startswith("{"):
-        return _parse_json_message(text, dequeue_count=dequeue_count)
-    return CancelRequest(job_id=validate_job_id(text), trigger=Trigger.QUEUE, dequeue_count=dequeue_count)
+        request = _parse_json_message(text, dequeue_count=dequeue_count)
+    else:
+        request = CancelRequest(job_id=validate_job_id(text), trigger=Trigger.QUEUE, dequeue_count=dequeue_count)
+    return replace(request, request_id=request_id) if request_id else request
 
 
 def _base64_decoded(text: str) -> str | None:

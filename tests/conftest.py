@@ -148,9 +148,9 @@ def call_http(app_settings: dict[str, str]) -> Callable[..., HttpCall]:
 def call_queue(app_settings: dict[str, str]) -> Callable[..., QueueCall]:
     cancel = handler("queueTrigger")
 
-    def call(body: bytes | str, *, dequeue_count: int = 1) -> QueueCall:
+    def call(body: bytes | str, *, dequeue_count: int = 1, message_id: str | None = None) -> QueueCall:
         message = QueueMessage(
-            id=str(uuid.uuid4()),
+            id=message_id or str(uuid.uuid4()),
             body=body.encode() if isinstance(body, str) else body,
             dequeue_count=dequeue_count,
             pop_receipt="receipt",

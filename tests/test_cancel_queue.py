@@ -132,3 +132,14 @@ def test_a_message_retried_by_the_host_ends_in_exactly_one_record(simulator: Fin
     assert [c.raised is not None for c in calls] == [True, True, False]
     assert sum(len(c.output.values) for c in calls) == 1
     assert calls[2].record["outcome"] == "cancelled" and calls[2].record["dequeue_count"] == 3
+
+
+def test_record_request_id_is_the_message_id_so_redeliveries_can_be_deduplicated(
+    simulator: FineTuningSimulator, call_queue
+) -> None:
+    job = simulator.create_job()["id"]
+    first = call_queue(job, message_id="6b0a4c1e-0000-4000-8000-000000000001")
+    again = call_queue(job, message_id="6b0a4c1e-0000-4000-8000-000000000001", dequeue_count=2)
+    rejected = call_queue("nope", message_id="6b0a4c1e-0000-4000-8000-000000000002")
+    assert first.record["request_id"] == again.record["request_id"] == "6b0a4c1e-0000-4000-8000-000000000001"
+    assert rejected.record["request_id"] == "6b0a4c1e-0000-4000-8000-000000000002"
