@@ -88,8 +88,8 @@ def validate_job_id(job_id: object) -> str:
 
 
 def validate_correlation_id(correlation_id: object) -> str | None:
-    """Return the correlation id (None when absent), else raise `InvalidRequest`."""
-    if correlation_id is None:
+    """Return the correlation id (None when absent or empty), else raise `InvalidRequest`."""
+    if correlation_id is None or correlation_id == "":
         return None
     if (
         isinstance(correlation_id, str)

@@ -88,9 +88,13 @@ def test_rejected_message_bodies(body: bytes, readable_job_id: str | None, targe
     assert len(caught.value.message) < 300
 
 
-@pytest.mark.parametrize("value", [None, "", "run-1", "x" * 128, "~!@#$%^&*()_+ printable"])
+@pytest.mark.parametrize("value", [None, "run-1", "x" * 128, "~!@#$%^&*()_+ printable"])
 def test_valid_correlation_ids(value: str | None) -> None:
     assert validate_correlation_id(value) == value
+
+
+def test_empty_correlation_id_is_none() -> None:
+    assert validate_correlation_id("") is None
 
 
 @pytest.mark.parametrize("value", ["x" * 129, "caf\u00e9", "line\nbreak", "nul\x00", 7])
