@@ -24,10 +24,11 @@ from devstack.stack import (
     LOG_DIR,
     LocalStack,
     StackError,
+    format_records,
     ignore_signals,
     interrupt_on_signals,
+    report_failure,
     shown_path,
-    format_records,
     take_records,
 )
 
@@ -55,7 +56,9 @@ def create_job(endpoint: str, api_key: str, training_file: str) -> dict[str, Any
         timeout=10,
     )
     if response.status_code != 201:
-        raise StackError("Azure OpenAI simulator", f"creating a job answered {response.status_code}: {response.text[:200]}")
+        raise StackError(
+            "Azure OpenAI simulator", f"creating a job answered {response.status_code}: {response.text[:200]}"
+        )
     return response.json()
 
 
@@ -79,7 +82,9 @@ def run_demo(stack: LocalStack) -> list[dict[str, Any]]:
     jobs = [create_job(info.openai_endpoint, stack.api_key, f"file-demo{n}") for n in (1, 2, 3)]
     by_http, by_queue, already_cancelled = (job["id"] for job in jobs)
     cancel_upstream(info.openai_endpoint, stack.api_key, already_cancelled)
-    for job, note in zip(jobs, ("cancelled over HTTP below", "cancelled through the queue", "cancelled at Azure OpenAI already")):
+    for job, note in zip(
+        jobs, ("cancelled over HTTP below", "cancelled through the queue", "cancelled at Azure OpenAI already")
+    ):
         say(f"  {job['id']}  {note}")
 
     url = f"{info.functions_url}/openai/fine_tuning/jobs/{by_http}/cancel"
@@ -89,14 +94,19 @@ def run_demo(stack: LocalStack) -> list[dict[str, Any]]:
     except requests.RequestException as err:
         raise StackError("Functions runner", f"the HTTP cancel failed ({err})", log_path=stack.runner.log_path) from err  # type: ignore[union-attr]
     say(f"  HTTP {response.status_code} {response.reason}   x-request-id: {response.headers.get('x-request-id')}")
-    body = json.dumps(response.json(), indent=2) if "json" in response.headers.get("content-type", "") else response.text
+    body = (
+        json.dumps(response.json(), indent=2) if "json" in response.headers.get("content-type", "") else response.text
+    )
     say("\n".join("  " + line for line in body.splitlines()))
 
     requests_queue = QueueClient.from_connection_string(info.storage_connection_string, info.requests_queue)
     say(f"\n==> Enqueueing three messages on '{info.requests_queue}'")
     for message, note in (
         (by_queue, "a running job"),
-        (json.dumps({"job_id": already_cancelled, "correlation_id": "demo-already-cancelled"}), "a job that is already cancelled"),
+        (
+            json.dumps({"job_id": already_cancelled, "correlation_id": "demo-already-cancelled"}),
+            "a job that is already cancelled",
+        ),
         (INVALID_MESSAGE, "not a job id: an underscore for the dash"),
     ):
         requests_queue.send_message(message)
@@ -150,10 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         records = run_demo(stack)
         problem = unexpected(records)
     except StackError as err:
-        print(f"\ndemo failed: {err}", file=sys.stderr, flush=True)
-        tail = err.log_tail()
-        if tail:
-            print(f"--- last lines of {shown_path(err.log_path)} ---\n{tail}", file=sys.stderr)  # type: ignore[arg-type]
+        report_failure("demo failed", err)
         return 1
     except KeyboardInterrupt:
         print("\ndemo interrupted", file=sys.stderr)

@@ -38,7 +38,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -71,16 +71,19 @@ STOP_GRACE_SECONDS = 30.0  # how long stop() waits for running queue invocations
 
 # Azurite's well-known development account: what `UseDevelopmentStorage=true` means.
 DEVELOPMENT_ACCOUNT = "devstoreaccount1"
-DEVELOPMENT_ACCOUNT_KEY = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-)
+DEVELOPMENT_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 DEVELOPMENT_QUEUE_PORT = 10001
 
 _SETTING_REFERENCE = re.compile(r"%([^%]+)%")
 _TIMESPAN = re.compile(r"^(?:(\d+)\.)?(\d{1,2}):(\d{1,2}):(\d{1,2}(?:\.\d+)?)$")
 _ROUTE_PARAMETER = re.compile(r"\{(\*{0,2})([A-Za-z_][A-Za-z0-9_]*)(?::([^}?=]+))?(\?)?(?:=[^}]*)?\}")
-_CONSTRAINT_PATTERNS = {"int": r"-?\d+", "long": r"-?\d+", "alpha": r"[A-Za-z]+", "bool": r"(?i:true|false)",
-                        "guid": r"[0-9A-Fa-f]{8}-?(?:[0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12}"}
+_CONSTRAINT_PATTERNS = {
+    "int": r"-?\d+",
+    "long": r"-?\d+",
+    "alpha": r"[A-Za-z]+",
+    "bool": r"(?i:true|false)",
+    "guid": r"[0-9A-Fa-f]{8}-?(?:[0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12}",
+}
 _ENCODED_SLASH = re.compile(r"%2[fF]")
 
 
@@ -328,7 +331,9 @@ def index_functions(app: func.FunctionApp, settings: Mapping[str, str]) -> list[
                     QueueOutput(
                         arg_name=arg,
                         queue_name=resolve_setting_references(spec["queueName"], settings, where=where),
-                        connection_string=storage_connection_string(spec.get("connection") or "AzureWebJobsStorage", settings),
+                        connection_string=storage_connection_string(
+                            spec.get("connection") or "AzureWebJobsStorage", settings
+                        ),
                     )
                 )
             elif kind == "http" and arg == "$return":
@@ -341,7 +346,9 @@ def index_functions(app: func.FunctionApp, settings: Mapping[str, str]) -> list[
         bound = {trigger_arg, *(output.arg_name for output in outputs)}
         unbound = [p for p in inspect.signature(user_function).parameters if p not in bound]
         if unbound:
-            raise RunnerError(f"function '{name}': parameter(s) {', '.join(unbound)} have no binding the runner supports")
+            raise RunnerError(
+                f"function '{name}': parameter(s) {', '.join(unbound)} have no binding the runner supports"
+            )
         common = dict(
             name=name,
             user_function=user_function,
@@ -442,7 +449,9 @@ def output_messages(value: Any) -> list[str]:
     if datum.type == "bytes":
         return [datum.value.decode("utf-8")]
     items = json.loads(datum.value)  # type "json": a QueueMessage or a list, one message per item
-    return [item if isinstance(item, str) else json.dumps(item) for item in (items if isinstance(items, list) else [items])]
+    return [
+        item if isinstance(item, str) else json.dumps(item) for item in (items if isinstance(items, list) else [items])
+    ]
 
 
 @contextmanager
@@ -456,12 +465,16 @@ def _invocation_log(function: LocalFunction, reason: str) -> Iterator[str]:
     except Exception:
         logger.exception(
             "Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)",
-            function.name, invocation_id, (time.monotonic() - started) * 1000,
+            function.name,
+            invocation_id,
+            (time.monotonic() - started) * 1000,
         )
         raise
     logger.info(
         "Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)",
-        function.name, invocation_id, (time.monotonic() - started) * 1000,
+        function.name,
+        invocation_id,
+        (time.monotonic() - started) * 1000,
     )
 
 
@@ -535,7 +548,9 @@ class HttpFrontEnd:
         offered = handler.headers.get("x-functions-key") or query.get("code") or ""
         return hmac.compare_digest(offered.encode("utf-8"), self._function_key.encode("utf-8"))
 
-    def _invoke(self, function: LocalFunction, request: func.HttpRequest) -> tuple[int, list[tuple[str, str]], str, bytes]:
+    def _invoke(
+        self, function: LocalFunction, request: func.HttpRequest
+    ) -> tuple[int, list[tuple[str, str]], str, bytes]:
         """Run the function; a failure answers 500 with no body and writes no output, as the host does."""
         try:
             with _invocation_log(function, "This function was programmatically called via the host APIs."):
@@ -590,7 +605,9 @@ def _http_response(result: Any) -> tuple[int, list[tuple[str, str]], str, bytes]
     raise TypeError(f"an HTTP function must return func.HttpResponse, str or bytes, not {type(result).__name__}")
 
 
-def write_outputs(queues: QueueClients, function: LocalFunction, values: Mapping[str, Any], *, base64_encode: bool = False) -> None:
+def write_outputs(
+    queues: QueueClients, function: LocalFunction, values: Mapping[str, Any], *, base64_encode: bool = False
+) -> None:
     """Send what the function set on its queue outputs; runs only after it returned normally."""
     for output in function.queue_outputs:
         for message in output_messages(values.get(output.arg_name)):
@@ -706,10 +723,15 @@ class QueueListener:
                 with _invocation_log(function, reason) as invocation_id:
                     logger.info(
                         "Trigger Details: MessageId: %s, DequeueCount: %d, InsertedOn: %s (invocation %s)",
-                        message.id, message.dequeue_count, message.inserted_on, invocation_id,
+                        message.id,
+                        message.dequeue_count,
+                        message.inserted_on,
+                        invocation_id,
                     )
                     _, outputs = invoke(function, self._queue_message(message))
-                    write_outputs(self._queues, function, outputs, base64_encode=self._host.message_encoding == "base64")
+                    write_outputs(
+                        self._queues, function, outputs, base64_encode=self._host.message_encoding == "base64"
+                    )
             except Exception:  # noqa: BLE001 - logged by _invocation_log; the message's fate follows
                 self._after_failure(message)
                 return
@@ -748,7 +770,8 @@ class QueueListener:
     def _move_to_poison(self, message: Any) -> None:
         logger.warning(
             "Message has reached MaxDequeueCount of %d. Moving message to queue '%s'.",
-            self._host.max_dequeue_count, self._poison_name,
+            self._host.max_dequeue_count,
+            self._poison_name,
         )
         self._queues.send(self.function.trigger_connection_string, self._poison_name, message.content)
         self._queue.delete_message(message.id, message.pop_receipt)
@@ -813,7 +836,9 @@ class FunctionsRunner:
         self._environment = _EnvironmentLease(settings) if settings else None
         self._address = (host, port)
         self.function_key = function_key
-        self._visibility_timeout = host_settings.visibility_timeout if visibility_timeout is None else visibility_timeout
+        self._visibility_timeout = (
+            host_settings.visibility_timeout if visibility_timeout is None else visibility_timeout
+        )
         self._max_polling_interval = (
             host_settings.max_polling_interval if max_polling_interval is None else max_polling_interval
         )
@@ -938,7 +963,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--visibility-timeout", type=float, metavar="SECONDS", help="test knob: overrides host.json's visibilityTimeout"
     )
     parser.add_argument(
-        "--max-polling-interval", type=float, metavar="SECONDS",
+        "--max-polling-interval",
+        type=float,
+        metavar="SECONDS",
         help="test knob: overrides host.json's maxPollingInterval",
     )
     parser.add_argument("--log-level", default="INFO")
@@ -968,7 +995,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("Functions:", flush=True)
     for line in runner.describe():
         print("    " + line, flush=True)
-    print("runner ready " + json.dumps({"url": runner.base_url, "api_url": runner.api_url, "port": runner.port}), flush=True)
+    print(
+        "runner ready " + json.dumps({"url": runner.base_url, "api_url": runner.api_url, "port": runner.port}),
+        flush=True,
+    )
     try:
         stop.wait()
     finally:

@@ -180,9 +180,12 @@ class Azurite:
             self.name,
             [
                 str(AZURITE_QUEUE_BIN),
-                "--queueHost", host,
-                "--queuePort", str(port),
-                "--location", str(self._data_dir),
+                "--queueHost",
+                host,
+                "--queuePort",
+                str(port),
+                "--location",
+                str(self._data_dir),
                 "--skipApiVersionCheck",  # azure-storage-queue speaks a newer API version than Azurite knows
                 "--disableTelemetry",
                 "--silent",
@@ -281,15 +284,26 @@ class LocalStack:
         python = [sys.executable, "-u", "-m"]
         self.key_vault = ChildProcess(
             "Key Vault emulator",
-            [*python, "devstack.keyvault_emulator", "--workdir", str(self._vault_dir),
-             "--secret", f"{SECRET_NAME}={self.api_key}"],
+            [
+                *python,
+                "devstack.keyvault_emulator",
+                "--workdir",
+                str(self._vault_dir),
+                "--secret",
+                f"{SECRET_NAME}={self.api_key}",
+            ],
             log_path=log_dir / "keyvault.log",
             ready=re.compile(_JSON_READY.format("keyvault-emulator")),
         )
         self.simulator = ChildProcess(
             "Azure OpenAI simulator",
-            [*python, "devstack.openai_sim", "--api-key", self.api_key,
-             *(arg for job in self.jobs for arg in ("--job", f"{job}=running"))],
+            [
+                *python,
+                "devstack.openai_sim",
+                "--api-key",
+                self.api_key,
+                *(arg for job in self.jobs for arg in ("--job", f"{job}=running")),
+            ],
             log_path=log_dir / "openai-sim.log",
             ready=re.compile(_JSON_READY.format("openai-sim")),
         )
@@ -327,8 +341,16 @@ class LocalStack:
         }
         self.runner = ChildProcess(
             "Functions runner",
-            [sys.executable, "-u", "-m", "devstack.runner", "--app-dir", str(REPO_ROOT),
-             "--port", str(self._runner_port)],
+            [
+                sys.executable,
+                "-u",
+                "-m",
+                "devstack.runner",
+                "--app-dir",
+                str(REPO_ROOT),
+                "--port",
+                str(self._runner_port),
+            ],
             log_path=self.log_dir / "runner.log",
             ready=re.compile(_JSON_READY.format("runner")),
             env={**os.environ, **settings},
@@ -379,20 +401,32 @@ def format_records(records: Sequence[Mapping[str, Any]]) -> str:
         job = record.get("job") or {}
         detail = error.get("message") or (f"job status: {job.get('status')}" if job else "")
         dequeue_count = record.get("dequeue_count") or "-"
-        rows.append((
-            (record.get("received_at") or "")[11:23],
-            record.get("trigger") or "",
-            record.get("job_id") or "(none)",
-            record.get("outcome") or "",
-            str(record.get("status_code", "")),
-            str(dequeue_count),
-            _cut(detail, 60),
-        ))
-    widths = [max(len(column), *(len(row[i]) for row in rows)) if rows else len(column) for i, column in enumerate(columns)]
+        rows.append(
+            (
+                (record.get("received_at") or "")[11:23],
+                record.get("trigger") or "",
+                record.get("job_id") or "(none)",
+                record.get("outcome") or "",
+                str(record.get("status_code", "")),
+                str(dequeue_count),
+                _cut(detail, 60),
+            )
+        )
+    widths = [
+        max(len(column), *(len(row[i]) for row in rows)) if rows else len(column) for i, column in enumerate(columns)
+    ]
     lines = ["  ".join(text.ljust(width) for text, width in zip(columns, widths)).rstrip()]
     lines.append("  ".join("-" * width for width in widths))
     lines.extend("  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() for row in rows)
     return "\n".join(lines)
+
+
+def report_failure(headline: str, err: StackError) -> None:
+    """Say on stderr which part failed and where its log is, with the log's last lines."""
+    print(f"\n{headline}: {err}", file=sys.stderr, flush=True)
+    tail = err.log_tail()
+    if tail and err.log_path is not None:
+        print(f"--- last lines of {shown_path(err.log_path)} ---\n{tail}", file=sys.stderr, flush=True)
 
 
 def _cut(text: str, width: int) -> str:
@@ -427,17 +461,23 @@ def print_usage_examples(info: StackInfo, out: TextIO) -> None:
     write = out.write
     write("\nThe local stack is running. Ctrl-C stops all of it.\n\n")
     write(f"  Functions        {info.functions_url}   (function key: {info.function_key})\n")
-    write(f"  Azurite queues   {info.queue_origin}   (requests: {info.requests_queue}, results: {info.results_queue})\n")
+    write(
+        f"  Azurite queues   {info.queue_origin}   (requests: {info.requests_queue}, results: {info.results_queue})\n"
+    )
     write(f"  Azure OpenAI     {info.openai_endpoint}   (simulator; jobs: {', '.join(info.jobs) or 'none'})\n")
     write(f"  Key Vault        {info.key_vault_url}   (emulator; holds the api-key secret '{SECRET_NAME}')\n")
     write(f"  Logs             {shown_path(LOG_DIR)}/\n\n")
     write("Cancel a job over HTTP:\n")
-    write(f"  curl -s -X POST -H 'x-functions-key: {info.function_key}' \\\n"
-          f"       {info.functions_url}/openai/fine_tuning/jobs/{job}/cancel\n\n")
-    write("Enqueue a cancel request (a bare job id, or {\"job_id\": \"...\", \"correlation_id\": \"...\"}):\n")
+    write(
+        f"  curl -s -X POST -H 'x-functions-key: {info.function_key}' \\\n"
+        f"       {info.functions_url}/openai/fine_tuning/jobs/{job}/cancel\n\n"
+    )
+    write('Enqueue a cancel request (a bare job id, or {"job_id": "...", "correlation_id": "..."}):\n')
     write(f"  {python} -m devstack.stack enqueue {queued}\n")
-    write(f"  az storage message put --queue-name {info.requests_queue} --content {queued} \\\n"
-          f"       --connection-string '{info.storage_connection_string}'\n\n")
+    write(
+        f"  az storage message put --queue-name {info.requests_queue} --content {queued} \\\n"
+        f"       --connection-string '{info.storage_connection_string}'\n\n"
+    )
     write("Read the result records (add --drain to take them off the queue):\n")
     write(f"  {python} -m devstack.stack results\n\n")
     out.flush()
@@ -461,10 +501,7 @@ def _run(args: argparse.Namespace) -> int:
             time.sleep(0.5)
             stack.check_alive()
     except StackError as err:
-        print(f"\nlocal stack failed: {err}", file=sys.stderr)
-        tail = err.log_tail()
-        if tail:
-            print(f"--- last lines of {shown_path(err.log_path)} ---\n{tail}", file=sys.stderr)  # type: ignore[arg-type]
+        report_failure("local stack failed", err)
         return 1
     except KeyboardInterrupt:
         pass
@@ -518,12 +555,15 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devstack.stack", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m devstack.stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="start Azurite, the emulators and the Functions runner")
     run.add_argument("--port", type=int, default=int(os.environ.get("FUNCTIONS_PORT", DEFAULT_PORT)))
-    run.add_argument("--azurite-port", type=int, default=int(os.environ.get("AZURITE_QUEUE_PORT", AZURITE_DEFAULT_PORT)))
+    run.add_argument(
+        "--azurite-port", type=int, default=int(os.environ.get("AZURITE_QUEUE_PORT", AZURITE_DEFAULT_PORT))
+    )
     run.add_argument("--function-key", default=os.environ.get(FUNCTION_KEY_ENV) or DEFAULT_FUNCTION_KEY)
     enqueue = commands.add_parser("enqueue", help="send messages to the request queue of the running stack")
     enqueue.add_argument("messages", nargs="+")

@@ -105,9 +105,7 @@ def test_invalid_message_is_rejected_once_without_retry_or_upstream_call(
     assert app.results_queue.peek_messages() == []
 
 
-def test_openai_sdk_cancels_through_the_function_with_a_function_key(
-    start_local_app, simulator: FineTuningSimulator
-):
+def test_openai_sdk_cancels_through_the_function_with_a_function_key(start_local_app, simulator: FineTuningSimulator):
     app = start_local_app()
     job = simulator.create_job(status="running")
     client = openai.AzureOpenAI(
@@ -124,4 +122,3 @@ def test_openai_sdk_cancels_through_the_function_with_a_function_key(
     assert (cancelled.id, cancelled.status) == (job["id"], "cancelled")
     [record] = app.wait_for_records(1)
     assert record["outcome"] == "cancelled"
-

@@ -32,8 +32,13 @@ def listening(port: int) -> bool:
 
 def python(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-        timeout=STACK_TIMEOUT_SECONDS, **kwargs,
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=STACK_TIMEOUT_SECONDS,
+        **kwargs,
     )
 
 
@@ -42,14 +47,20 @@ def test_demo_prints_four_records_stops_everything_and_exits_0(tmp_path: Path):
 
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert sorted(table_rows(demo.stdout)) == [
-        ("http", "cancelled"), ("queue", "already_terminal"), ("queue", "cancelled"), ("queue", "rejected"),
+        ("http", "cancelled"),
+        ("queue", "already_terminal"),
+        ("queue", "cancelled"),
+        ("queue", "rejected"),
     ]
     assert "HTTP 200 OK" in demo.stdout
     ports = {int(port) for port in _LOOPBACK_PORT.findall(demo.stdout)}
     assert len(ports) >= 4  # Azurite, Key Vault, simulator, runner
     assert [port for port in ports if listening(port)] == []
     assert sorted(path.name for path in (tmp_path / "logs").iterdir()) == [
-        "azurite.log", "keyvault.log", "openai-sim.log", "runner.log",
+        "azurite.log",
+        "keyvault.log",
+        "openai-sim.log",
+        "runner.log",
     ]
 
 
@@ -64,7 +75,11 @@ def test_run_serves_the_printed_examples_until_sigterm(tmp_path: Path):
     env = {**os.environ, "DEVSTACK_STATE_DIR": str(tmp_path)}
     stack = subprocess.Popen(
         [sys.executable, "-m", "devstack.stack", "run", "--port", "0", "--azurite-port", "0"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         printed = read_until(stack, "Read the result records")
