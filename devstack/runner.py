@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+import typing
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -46,6 +47,7 @@ from urllib.parse import parse_qsl, unquote
 
 import azure.functions as func
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.functions.meta import get_binding_registry
 from azure.functions.queue import QueueMessage, QueueMessageOutConverter
 from azure.storage.queue import QueueClient, QueueServiceClient
 
@@ -349,6 +351,11 @@ def index_functions(app: func.FunctionApp, settings: Mapping[str, str]) -> list[
             raise RunnerError(
                 f"function '{name}': parameter(s) {', '.join(unbound)} have no binding the runner supports"
             )
+        check_annotations(
+            name,
+            user_function,
+            {trigger_arg: (trigger_type, False), **{output.arg_name: ("queue", True) for output in outputs}},
+        )
         common = dict(
             name=name,
             user_function=user_function,
@@ -378,6 +385,52 @@ def index_functions(app: func.FunctionApp, settings: Mapping[str, str]) -> list[
                 )
             )
     return indexed
+
+
+def check_annotations(
+    function_name: str, user_function: Callable[..., Any], bindings: Mapping[str, tuple[str, bool]]
+) -> None:
+    """Refuse the parameter annotations the Python worker refuses to load (its `Registry.add_function`).
+
+    `bindings` maps each parameter to its binding type and whether it is an output. In Azure such a
+    function fails to load, and with the v2 programming model so does every function of the app.
+    """
+    try:
+        hints = typing.get_type_hints(user_function)
+    except Exception as err:  # noqa: BLE001 - whatever fails here fails in the worker too
+        raise RunnerError(f"function '{function_name}': its annotations cannot be evaluated ({err})") from err
+    registry = get_binding_registry()
+    for arg, (binding_type, is_output) in bindings.items():
+        if arg not in hints:
+            continue
+        annotation = hints[arg]
+        where = f"function '{function_name}', parameter '{arg}: {_annotation_text(annotation)}'"
+        annotated_output = annotation is func.Out or typing.get_origin(annotation) is func.Out
+        if annotated_output != is_output:
+            direction = "an output binding: annotate it func.Out[...]" if is_output else "an input: not func.Out"
+            raise RunnerError(f"{where}: the binding is {direction}")
+        py_type = typing.get_args(annotation)[0] if annotated_output else annotation
+        # The worker accepts classes and typing generics (typing.List[str]) only, not list[str]
+        # (azure-functions-python-worker issue 1034).
+        if not isinstance(py_type, type) and not isinstance(py_type, typing._GenericAlias):  # type: ignore[attr-defined]
+            raise RunnerError(
+                f"{where}: the Python worker refuses to load this annotation; use typing.List[...] "
+                "instead of list[...] (builtin generics are not supported by azure-functions-python-worker)"
+            )
+        if py_type in (str, bytes):
+            continue
+        converter = registry.get(binding_type)
+        check = converter.check_output_type_annotation if is_output else converter.check_input_type_annotation
+        if not check(py_type):
+            raise RunnerError(f"{where}: the Python worker does not accept this type for a '{binding_type}' binding")
+
+
+def _annotation_text(annotation: Any) -> str:
+    return (
+        annotation.__name__
+        if isinstance(annotation, type)
+        else repr(annotation).replace("azure.functions._abc.", "func.")
+    )
 
 
 def _resolved(value: Any, settings: Mapping[str, str], where: str) -> Any:

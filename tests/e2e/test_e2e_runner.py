@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import typing
 from collections.abc import Iterator
 
 import azure.functions as func
@@ -11,7 +12,7 @@ import pytest
 import requests
 from azure.storage.queue import QueueClient
 
-from devstack.runner import FunctionsRunner, HostSettings, RunnerError
+from devstack.runner import FunctionsRunner, HostSettings, RunnerError, index_functions
 from devstack.stack import Azurite
 
 from .queue_polling import message_count, take_messages, unique_queue_name
@@ -225,3 +226,36 @@ def test_a_batch_of_messages_runs_concurrently(azurite: Azurite, runner: Functio
     outputs = take_messages(queue(azurite, queues["OUTPUT_QUEUE"]), CONCURRENT_CALLS)
 
     assert sorted(outputs) == [f"message {n} dequeue 1" for n in range(CONCURRENT_CALLS)]
+
+
+@pytest.mark.parametrize(
+    ("annotation", "loads"),
+    [
+        (func.Out[str], True),
+        (func.Out[bytes], True),
+        (func.Out[typing.List[str]], True),  # noqa: UP006 - the worker needs typing.List
+        (func.Out[list[str]], False),  # azure-functions-python-worker#1034: fails to load in Azure
+        (func.Out[int], False),
+        (str, False),  # an output binding needs func.Out
+    ],
+)
+def test_output_annotations_the_python_worker_refuses_stop_the_runner(annotation: object, loads: bool):
+    app = func.FunctionApp()
+
+    def handler(msg: func.QueueMessage, out: func.Out[str]) -> None:
+        out.set(msg.get_body().decode())
+
+    handler.__annotations__["out"] = annotation
+    app.function_name("annotated")(
+        app.queue_trigger(arg_name="msg", queue_name="in-queue", connection="AzureWebJobsStorage")(
+            app.queue_output(arg_name="out", queue_name="out-queue", connection="AzureWebJobsStorage")(handler)
+        )
+    )
+    settings = {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+
+    if loads:
+        [function] = index_functions(app, settings)
+        assert function.name == "annotated"
+    else:
+        with pytest.raises(RunnerError, match="function 'annotated', parameter 'out"):
+            index_functions(app, settings)
