@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	@echo "==> Python packages into $(VENV) (pip, from requirements-dev.txt)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@$(PY) -m pip install --disable-pip-version-check --progress-bar off -r requirements-dev.txt
 	@touch $(STAMP)
 
 test: install $(NPM_STAMP) $(CHECKOV_STAMP)
@@ -32,7 +32,7 @@ $(CHECKOV_STAMP):
 	@touch $(CHECKOV_STAMP)
 
 clean:
-	rm -rf $(VENV) .venv-* node_modules .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-* node_modules .pytest_cache .hypothesis .devstack
 
 # Azurite (queue service) for the local stack and the end-to-end tests.
 $(NPM_STAMP): package.json package-lock.json

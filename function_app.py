@@ -7,6 +7,7 @@ record into its answer; every request or message ends in one record on the resul
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
 import azure.functions as func
@@ -60,7 +61,8 @@ def cancel_job_queue(msg: func.QueueMessage, results: func.Out[str]) -> None:
 @app.function_name("cancel_jobs_bulk")
 @app.route(route="cancel", methods=["POST"])
 @app.queue_output(arg_name="results", queue_name="%CANCEL_RESULTS_QUEUE%", connection="AzureWebJobsStorage")
-def cancel_jobs_bulk(req: func.HttpRequest, results: func.Out[list[str]]) -> func.HttpResponse:
+# typing.List: the Python worker refuses to load func.Out[list[str]] (azure-functions-python-worker#1034).
+def cancel_jobs_bulk(req: func.HttpRequest, results: func.Out[typing.List[str]]) -> func.HttpResponse:  # noqa: UP006
     """POST /api/cancel with {"job_ids": [...]}: up to 100 jobs, answered in input order."""
     bulk = cancel_many(req.get_body())
     results.set([record.to_json() for record in bulk.queued])
