@@ -58,6 +58,7 @@ def cancel_job_queue(msg: func.QueueMessage, results: func.Out[str]) -> None:
         )
     results.set(record.to_json())
 
+
 @app.function_name("cancel_jobs_bulk")
 @app.route(route="cancel", methods=["POST"])
 @app.queue_output(arg_name="results", queue_name="%CANCEL_RESULTS_QUEUE%", connection="AzureWebJobsStorage")
