@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	@echo "==> Python packages into $(VENV) (pip, from requirements-dev.txt)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install --disable-pip-version-check --progress-bar off -r requirements-dev.txt
+	@$(PY) -m pip install --disable-pip-version-check --progress-bar off -r requirements-dev.txt -e .
 	@touch $(STAMP)
 
 test: install $(NPM_STAMP) $(CHECKOV_STAMP)

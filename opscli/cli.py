@@ -1,0 +1,378 @@
+"""`ftcancel`: the command line for the cancel function app (enqueue, results, cancel).
+
+Each command reads its arguments, checks the job ids before anything is sent, makes its calls
+through `queues`/`results` or `function_client`, and prints records with `output`. Every failure
+ends as one line on stderr and an exit code (see `errors`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from opscli.errors import EXIT_INTERRUPTED, EXIT_NOT_CANCELLED, EXIT_OK, EXIT_USAGE, CliError, counted
+from opscli.function_client import FunctionApp
+from opscli.job_ids import JobIds, check_job_ids, read_job_ids
+from opscli.output import RecordPrinter, shorten
+from opscli.progress import Progress
+from opscli.queues import CONNECTION_STRING_ENV, StorageAccount, storage_account
+from opscli.results import HOLD_SECONDS, ResultMessage, ResultsReader, peek_records
+from shared.records import InvalidRequest, validate_correlation_id, validate_wait_seconds
+from shared.settings import CANCEL_REQUESTS_QUEUE, CANCEL_RESULTS_QUEUE, SETTING_DEFAULTS
+
+PROG = "ftcancel"
+URL_ENV = "FTCANCEL_URL"
+FUNCTION_KEY_ENV = "FTCANCEL_FUNCTION_KEY"
+_QUEUE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")  # the storage service's rule
+
+EXIT_CODES = """\
+exit codes:
+  0  done (every job cancelled or already finished)
+  1  the storage account or the function app could not be used (the message says why)
+  2  bad arguments or invalid job ids: nothing was sent
+  3  cancel: the function answered, and at least one job failed or was rejected"""
+
+MAIN_EPILOG = f"""\
+examples:
+  ftcancel enqueue --account mystorage ftjob-0f4191f0c59a4256b7a797a3d9eed219
+  ftcancel enqueue --account mystorage --file ids.txt --correlation-id ticket-42
+  ftcancel results --account mystorage --follow
+  ftcancel cancel --url https://myapp.azurewebsites.net/api --key "$KEY" ftjob-abc123 ftjob-def456 --wait 30
+
+Storage: --account NAME signs in with Entra ID (az login, azd, VS Code, a managed identity...);
+--connection-string (or ${CONNECTION_STRING_ENV}) uses a key or SAS; UseDevelopmentStorage=true is Azurite.
+Run `ftcancel COMMAND --help` for each command's options.
+
+{EXIT_CODES}"""
+
+ENQUEUE_EPILOG = f"""\
+Each id becomes one message: the bare id, or {{"job_id": ..., "correlation_id": ..., "wait_seconds": ...}}
+when --correlation-id or --wait is given. Every id is checked first: invalid and repeated ones are
+listed (with their line in --file) before anything is sent; a repeated id is sent once; an invalid
+one stops the command (exit 2, nothing sent) unless --skip-invalid.
+
+examples:
+  ftcancel enqueue --account mystorage ftjob-0f4191f0c59a4256b7a797a3d9eed219
+  ftcancel enqueue --account mystorage --file ids.txt --skip-invalid
+  az ... --query '[].id' -o tsv | ftcancel enqueue --account mystorage --file -
+  ftcancel enqueue --connection-string UseDevelopmentStorage=true ftjob-local1 --wait 30
+
+{EXIT_CODES}"""
+
+RESULTS_EPILOG = f"""\
+By default the command peeks: it shows the first records on the queue (at most 32) and leaves them.
+--delete takes records off the queue (each is deleted once printed) until it is empty.
+--follow keeps reading as records arrive until Ctrl-C (or --max). Without --delete it leaves
+the records on the queue: it holds each one it has shown (invisible to other readers for up to
+{HOLD_SECONDS} s) and puts them all back when it stops. With --delete it takes them off.
+Roles with --account: peeking needs Storage Queue Data Reader; --delete needs Storage Queue Data
+Message Processor; --follow without --delete also needs to put records back (Storage Queue Data
+Contributor), else they reappear by themselves after {HOLD_SECONDS} s.
+
+examples:
+  ftcancel results --account mystorage
+  ftcancel results --account mystorage --follow
+  ftcancel results --account mystorage --follow --max 200 --json > records.jsonl
+  ftcancel results --account mystorage --delete --json | jq 'select(.outcome != "cancelled")'
+
+{EXIT_CODES}"""
+
+CANCEL_EPILOG = f"""\
+One id is sent to POST {{url}}/openai/fine_tuning/jobs/{{id}}/cancel, several to POST {{url}}/cancel
+(100 ids a request). The function key goes in the x-functions-key header; keep it out of your
+shell history with ${FUNCTION_KEY_ENV} (and ${URL_ENV} for --url).
+For one id the printed record is built from the HTTP answer (no attempts or times: the full
+record is on the results queue); for several it is the function's own record.
+
+examples:
+  ftcancel cancel --url https://myapp.azurewebsites.net/api --key "$KEY" ftjob-0f4191f0c59a4256b7a797a3d9eed219
+  export {URL_ENV}=https://myapp.azurewebsites.net/api {FUNCTION_KEY_ENV}=...
+  ftcancel cancel --file ids.txt --wait 60 --correlation-id ticket-42 --json
+
+{EXIT_CODES}"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.debug:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    else:
+        # The SDKs log failures at WARNING as well as raising them: the error line says it once.
+        logging.getLogger("azure").addHandler(logging.NullHandler())
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` and `timeout` stop ftcancel as Ctrl-C does
+    try:
+        return args.run(args, sys.stdout, sys.stderr)
+    except CliError as err:
+        _report(args, err, err.message)
+        return err.exit_code
+    except KeyboardInterrupt as err:
+        _report(args, err, "interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): stop quietly, and keep Python from failing at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as err:  # noqa: BLE001 - a bug: one line, the traceback with --debug
+        _report(args, err, f"unexpected error: {type(err).__name__}: {err} (run with --debug for the traceback)")
+        return 1
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _report(args: argparse.Namespace, err: BaseException, message: str) -> None:
+    if args.debug:
+        traceback.print_exception(err, file=sys.stderr)
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+# --- enqueue ------------------------------------------------------------------------------------
+
+
+def run_enqueue(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    found = read_job_ids(args.ids, args.file)
+    job_ids = check_job_ids(found, skip_invalid=args.skip_invalid, stderr=stderr)
+    queue = _storage(args).queue(args.queue)
+    progress = Progress.for_stream(len(job_ids), label=f"enqueue {queue.name}", stream=stderr, forced=args.progress)
+    sent = 0
+    try:
+        for job_id in job_ids:
+            queue.send(request_message(job_id, correlation_id=args.correlation_id, wait_seconds=args.wait))
+            sent += 1
+            progress.advance()
+    except (CliError, KeyboardInterrupt) as err:
+        progress.finish()
+        if isinstance(err, KeyboardInterrupt):
+            raise CliError(f"interrupted; {_unsent(found, job_ids, sent)}", exit_code=EXIT_INTERRUPTED) from err
+        raise CliError(f"{err.message}; {_unsent(found, job_ids, sent)}", exit_code=err.exit_code) from err
+    progress.finish()
+    notes = []
+    if found.duplicates:
+        notes.append(f"{counted(len(found.duplicates), 'repeated id')} sent once")
+    if found.invalid:
+        notes.append(f"{counted(len(found.invalid), 'invalid id')} skipped")
+    print(
+        f"enqueued {counted(sent, 'cancel request')} on queue '{queue.name}' of storage account "
+        f"'{queue.account.name}'" + (f" ({', '.join(notes)})" if notes else ""),
+        file=stdout,
+    )
+    return EXIT_OK
+
+
+def request_message(job_id: str, *, correlation_id: str | None, wait_seconds: float) -> str:
+    """A message of the request queue: the bare id, or the JSON object when there is more to say (CONTRACT 4)."""
+    if correlation_id is None and not wait_seconds:
+        return job_id
+    message: dict[str, object] = {"job_id": job_id}
+    if correlation_id is not None:
+        message["correlation_id"] = correlation_id
+    if wait_seconds:
+        message["wait_seconds"] = int(wait_seconds) if float(wait_seconds).is_integer() else wait_seconds
+    return json.dumps(message, separators=(",", ":"))
+
+
+def _unsent(found: JobIds, job_ids: list[str], sent: int) -> str:
+    if sent >= len(job_ids):
+        return f"all {sent} were sent"
+    if sent == 0:
+        return "nothing was sent"
+    first = job_ids[sent]
+    rest = len(job_ids) - sent - 1
+    after = f" and the {rest} after it" if rest else ""
+    return f"{sent} of {len(job_ids)} sent; not sent: {first} ({found.source(first)}){after}"
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+def run_results(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    queue = _storage(args).queue(args.queue)
+    printer = RecordPrinter(stdout, json_lines=args.json)
+
+    def show(message: ResultMessage) -> bool:
+        if message.record is None:
+            print(f"{PROG}: message {message.message_id} on '{queue.name}' is not a result record; left on the "
+                  f"queue: '{shorten(message.content, 80)}'", file=stderr)
+            return False
+        printer.print(message.record)
+        return True
+
+    if not args.follow and not args.delete:
+        peeked = peek_records(queue, args.max)
+        for message in peeked:
+            show(message)
+        where = "peeked, left on the queue"
+        if len(peeked) == 32 and (args.max is None or args.max > 32):
+            where += "; peek shows at most the first 32: --follow shows them all, --delete takes them off"
+        print(_closing(printer, queue.name, where), file=stderr)
+        return EXIT_OK
+
+    with ResultsReader(queue, delete=args.delete, follow=args.follow, limit=args.max) as reader:
+        try:
+            for message in reader.messages():
+                if show(message) and not reader.settle(message):
+                    print(f"{PROG}: record {message.message_id} was printed but not deleted: its hold ran out "
+                          "and someone else received it", file=stderr)
+        except KeyboardInterrupt:
+            if not args.follow:
+                raise
+            print(file=stderr)  # Ctrl-C is how --follow ends; the terminal shows ^C on the last line
+    if reader.not_put_back:
+        print(f"{PROG}: {reader.not_put_back} held record(s) could not be put back (your role cannot update "
+              f"messages): they reappear on '{queue.name}' by themselves within {HOLD_SECONDS} s", file=stderr)
+    print(_closing(printer, queue.name, "taken off the queue" if args.delete else "left on the queue"), file=stderr)
+    return EXIT_OK
+
+
+def _closing(printer: RecordPrinter, queue_name: str, where: str) -> str:
+    if not printer.count:
+        return f"no records on '{queue_name}'"
+    return f"{printer.summary('record')} ({where})"
+
+
+# --- cancel -------------------------------------------------------------------------------------
+
+
+def run_cancel(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    found = read_job_ids(args.ids, args.file)
+    job_ids = check_job_ids(found, skip_invalid=args.skip_invalid, stderr=stderr)
+    if not args.url:
+        raise CliError(f"which function app? pass --url https://<app>.azurewebsites.net/api or set {URL_ENV}",
+                       exit_code=EXIT_USAGE)
+    if not args.key:
+        raise CliError(f"no function key: pass --key or set {FUNCTION_KEY_ENV}", exit_code=EXIT_USAGE)
+    app = FunctionApp(args.url, args.key)
+    printer = RecordPrinter(stdout, json_lines=args.json)
+    try:
+        if len(job_ids) == 1:
+            printer.print(app.cancel_one(job_ids[0], wait_seconds=args.wait, correlation_id=args.correlation_id))
+        else:
+            for records in app.cancel_many(job_ids, wait_seconds=args.wait, correlation_id=args.correlation_id):
+                for record in records:
+                    printer.print(record)
+    except CliError as err:
+        if printer.count:
+            raise CliError(f"{err.message}; {_unsent(found, job_ids, printer.count)}", exit_code=err.exit_code) from err
+        raise
+    print(printer.summary("job"), file=stderr)
+    not_cancelled = printer.outcomes["failed"] + printer.outcomes["rejected"]
+    return EXIT_NOT_CANCELLED if not_cancelled else EXIT_OK
+
+
+# --- arguments ----------------------------------------------------------------------------------
+
+
+def _storage(args: argparse.Namespace) -> StorageAccount:
+    if args.connection_string and args.queue_url:
+        raise CliError("--queue-url goes with Entra sign-in (--account), not with --connection-string",
+                       exit_code=EXIT_USAGE)
+    return storage_account(account=args.account, queue_url=args.queue_url, connection_string=args.connection_string)
+
+
+def _checked(validate: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse type from one of shared.records' validators: the app's own rule, the app's own message."""
+
+    def convert(text: str) -> object:
+        try:
+            return validate(text)
+        except InvalidRequest as err:
+            raise argparse.ArgumentTypeError(err.message) from err
+
+    return convert
+
+
+def _queue_name(text: str) -> str:
+    if not _QUEUE_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a queue name (3 to 63 lowercase letters, digits and single hyphens)"
+        )
+    return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive whole number")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="print the traceback behind an error")
+
+    storage = argparse.ArgumentParser(add_help=False)
+    where = storage.add_argument_group("storage account (one of)")
+    where.add_argument("--account", metavar="NAME", help="storage account name; signs in with Entra ID")
+    where.add_argument("--connection-string", metavar="STRING",
+                       help=f"a storage connection string (default: ${CONNECTION_STRING_ENV}); "
+                            "UseDevelopmentStorage=true for Azurite")
+    where.add_argument("--queue-url", metavar="URL",
+                       help="queue service URL for Entra sign-in instead of https://NAME.queue.core.windows.net "
+                            "(other clouds, private endpoints)")
+
+    ids = argparse.ArgumentParser(add_help=False)
+    ids.add_argument("ids", nargs="*", metavar="ID", help="fine-tuning job ids (ftjob-...)")
+    ids.add_argument("--file", metavar="FILE", help="more ids, one a line (# comments allowed); - reads stdin")
+    ids.add_argument("--skip-invalid", action="store_true", help="send the valid ids even when some are invalid")
+    ids.add_argument("--correlation-id", metavar="TEXT", type=_checked(validate_correlation_id),
+                     help="copied into every result record (at most 128 printable ASCII characters)")
+    ids.add_argument("--wait", metavar="SECONDS", type=_checked(validate_wait_seconds), default=0.0,
+                     help="after the cancel, wait up to this long (0-120) for each job to reach a final state")
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Cancel Azure OpenAI fine-tuning jobs through the cancel function app.",
+        epilog=MAIN_EPILOG,
+        formatter_class=formatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    enqueue = commands.add_parser(
+        "enqueue", parents=[common, ids, storage], formatter_class=formatter, epilog=ENQUEUE_EPILOG,
+        help="put cancel requests on the request queue", description="Put cancel requests on the request queue; "
+        "the app's queue trigger cancels each job and writes its record to the results queue.",
+    )
+    enqueue.add_argument("--queue", type=_queue_name, default=SETTING_DEFAULTS[CANCEL_REQUESTS_QUEUE],
+                         help="the request queue (default: %(default)s)")
+    enqueue.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                         help="a progress bar on stderr (default: on a terminal, for more than 50 ids)")
+    enqueue.set_defaults(run=run_enqueue)
+
+    results = commands.add_parser(
+        "results", parents=[common, storage], formatter_class=formatter, epilog=RESULTS_EPILOG,
+        help="show the result records", description="Show the result records on the results queue.",
+    )
+    results.add_argument("--queue", type=_queue_name, default=SETTING_DEFAULTS[CANCEL_RESULTS_QUEUE],
+                         help="the results queue (default: %(default)s)")
+    results.add_argument("--follow", "-f", action="store_true", help="keep reading as records arrive, until Ctrl-C")
+    results.add_argument("--delete", action="store_true", help="take the records off the queue once printed")
+    results.add_argument("--json", action="store_true", help="one record a line, as the app wrote it")
+    results.add_argument("--max", type=_positive_int, metavar="N", help="stop after N records")
+    results.set_defaults(run=run_results)
+
+    cancel = commands.add_parser(
+        "cancel", parents=[common, ids], formatter_class=formatter, epilog=CANCEL_EPILOG,
+        help="cancel now through the function's HTTP routes",
+        description="Cancel jobs now through the function app's HTTP routes and print their records.",
+    )
+    cancel.add_argument("--url", default=os.environ.get(URL_ENV),
+                        help=f"the function app's URL with /api, like https://<app>.azurewebsites.net/api "
+                             f"(default: ${URL_ENV})")
+    cancel.add_argument("--key", default=os.environ.get(FUNCTION_KEY_ENV),
+                        help=f"a function key of the app (default: ${FUNCTION_KEY_ENV})")
+    cancel.add_argument("--json", action="store_true", help="one record a line")
+    cancel.set_defaults(run=run_cancel)
+    return parser

@@ -1,0 +1,99 @@
+"""Result records on stdout: a table for people, or JSON lines (each record as it is) for programs.
+
+The table is printed row by row as records arrive (`results --follow` has no end to measure), so
+its columns have fixed widths; a longer value stretches its row rather than being cut, except the
+correlation id and the error message, which are shortened.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from opscli.errors import counted
+
+ERROR_MESSAGE_WIDTH = 60
+CORRELATION_ID_WIDTH = 16
+OUTCOME_ORDER = ("cancelled", "already_terminal", "rejected", "failed")
+
+# (heading, width); the last column takes the rest of the line.
+COLUMNS = (
+    ("job id", 38),  # ftjob- and 32 hex digits, as Azure makes them
+    ("outcome", 16),
+    ("status", 6),
+    ("job status", 10),
+    ("retryable", 9),
+    ("attempts", 8),
+    ("correlation id", CORRELATION_ID_WIDTH),
+    ("completed at", 24),
+    ("error", 0),
+)
+
+
+class RecordPrinter:
+    """Prints records one at a time and counts their outcomes for the closing summary."""
+
+    def __init__(self, out: TextIO, *, json_lines: bool) -> None:
+        self._out = out
+        self._json_lines = json_lines
+        self._header_printed = False
+        self.outcomes: Counter[str] = Counter()
+
+    def print(self, record: Mapping[str, Any]) -> None:
+        self.outcomes[str(record.get("outcome"))] += 1
+        if self._json_lines:
+            self._out.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
+        else:
+            if not self._header_printed:
+                self._out.write(_line([heading for heading, _ in COLUMNS]) + "\n")
+                self._out.write(_line(["-" * max(width, len(heading)) for heading, width in COLUMNS]) + "\n")
+                self._header_printed = True
+            self._out.write(_line(table_cells(record)) + "\n")
+        self._out.flush()
+
+    @property
+    def count(self) -> int:
+        return sum(self.outcomes.values())
+
+    def summary(self, noun: str) -> str:
+        """`3 records: 2 cancelled, 1 failed` (outcomes in the contract's order)."""
+        known = [outcome for outcome in OUTCOME_ORDER if self.outcomes[outcome]]
+        other = sorted(outcome for outcome in self.outcomes if outcome not in OUTCOME_ORDER)
+        parts = [f"{self.outcomes[outcome]} {outcome}" for outcome in (*known, *other)]
+        return counted(self.count, noun) + (": " + ", ".join(parts) if parts else "")
+
+
+def table_cells(record: Mapping[str, Any]) -> list[str]:
+    """One table row of a record; `-` where the record has no value."""
+    job = _object(record.get("job"))
+    error = _object(record.get("error"))
+    retryable = record.get("retryable")
+    attempts = record.get("attempts")
+    return [
+        str(record.get("job_id") or "(none)"),
+        str(record.get("outcome") or "-"),
+        str(record.get("status_code") or "-"),
+        str(job.get("status") or "-"),
+        "-" if retryable is None else ("yes" if retryable else "no"),
+        "-" if attempts is None else str(attempts),
+        shorten(str(record.get("correlation_id") or "-"), CORRELATION_ID_WIDTH),
+        str(record.get("completed_at") or "-"),
+        shorten(str(error.get("message") or ""), ERROR_MESSAGE_WIDTH),
+    ]
+
+
+def shorten(text: str, width: int) -> str:
+    """One line of at most `width` characters, `…` where it was cut."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _object(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _line(cells: list[str]) -> str:
+    padded = [cell.ljust(max(width, len(heading))) for cell, (heading, width) in zip(cells[:-1], COLUMNS)]
+    return "  ".join([*padded, cells[-1]]).rstrip()
