@@ -50,10 +50,10 @@ def cancel_many(body: bytes) -> BulkResult:
     except InvalidRequest as err:
         record = rejected_record(err, Trigger.HTTP, received_at, job_id=None)
         return BulkResult(400, [record], error=record.error)
-    by_job_id: dict[str, ResultRecord] = {}
-    requests: dict[str, CancelRequest] = {}
-    for raw in job_ids:
-        key = raw if isinstance(raw, str) else json.dumps(raw)
+    by_job_id: dict[object, ResultRecord] = {}
+    requests: dict[object, CancelRequest] = {}
+    for position, raw in enumerate(job_ids):
+        key = _key(raw, position)
         if key in by_job_id or key in requests:
             continue
         try:
@@ -70,14 +70,19 @@ def cancel_many(body: bytes) -> BulkResult:
     with ThreadPoolExecutor(max_workers=BULK_CONCURRENCY, thread_name_prefix="bulk-cancel") as pool:
         for key, record in zip(requests, pool.map(cancel_request, requests.values())):
             by_job_id[key] = record
-    records = [by_job_id[raw if isinstance(raw, str) else json.dumps(raw)] for raw in job_ids]
+    records = [by_job_id[_key(raw, position)] for position, raw in enumerate(job_ids)]
     return BulkResult(200, records)
+
+
+def _key(raw: object, position: int) -> object:
+    """Strings are de-duplicated by value; anything else is its own item (never a job id)."""
+    return raw if isinstance(raw, str) else position
 
 
 def _read_body(body: bytes) -> tuple[list[object], str | None, float]:
     try:
         payload = json.loads(body)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
         raise InvalidRequest(
             f"body must be a JSON object like {{\"job_ids\": [...]}}: '{shorten(body.decode('utf-8', 'replace'))}'",
             target="body",

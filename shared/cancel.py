@@ -79,6 +79,10 @@ class CancelService:
         reply = self._with_api_key(lambda key: self.upstream.cancel_job(job_id, key, deadline=deadline, trace=trace))
         if 200 <= reply.status < 300:
             return _record(request, Outcome.CANCELLED, 200, job=_job_body(reply))
+        if reply.status >= 500:  # 501, 505 ...: not retried here (section 6), but still a 503 (section 3)
+            raise RetryableStatus(
+                f"Azure OpenAI answered {reply.status}", status=reply.status, request_id=reply.request_id, retry_after=1
+            )
         if reply.status in (400, 409):
             # Upstream refuses to cancel a finished job; a GET says whether that is the reason.
             current = self._with_api_key(lambda key: self.upstream.get_job(job_id, key, deadline=deadline, trace=trace))
@@ -304,9 +308,13 @@ def _job_body(reply: UpstreamReply) -> dict[str, Any]:
 def _upstream_error(reply: UpstreamReply) -> dict[str, Any]:
     """Upstream's own `error` object, passed through as it came."""
     error = reply.body.get("error") if isinstance(reply.body, dict) else None
-    if not isinstance(error, dict) or not error.get("code") or not error.get("message"):
+    if not isinstance(error, dict) or not _non_empty_text(error.get("code")) or not _non_empty_text(error.get("message")):
         raise UnreadableBody(_unexpected_body(reply, "an error response"), status=reply.status, request_id=reply.request_id)
     return error
+
+
+def _non_empty_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
 
 
 def _unexpected_body(reply: UpstreamReply, expected: str) -> str:

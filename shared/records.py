@@ -19,6 +19,7 @@ REJECTED_TEXT_MAX_LENGTH = 200
 SCHEMA_VERSION = 1
 
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")  # use with fullmatch
+_DECIMAL = re.compile(r"[0-9]{1,16}(\.[0-9]{1,16})?")  # use with fullmatch
 _BASE64_TEXT = re.compile(r"[A-Za-z0-9+/]+={0,2}")  # use with fullmatch
 
 
@@ -104,17 +105,22 @@ def validate_correlation_id(correlation_id: object) -> str | None:
 
 
 def validate_wait_seconds(wait_seconds: object) -> float:
-    """Seconds to wait for the job to reach a final state after a cancel: 0 (absent) to 120."""
+    """Seconds to wait for the job to reach a final state after a cancel: 0 (absent) to 120.
+
+    A JSON number, or in a query string plain ASCII digits with an optional fraction.
+    """
     if wait_seconds is None or wait_seconds == "":
         return 0.0
-    try:
-        seconds = float(wait_seconds) if isinstance(wait_seconds, (int, float, str)) else -1.0
-    except ValueError:
-        seconds = -1.0
-    if isinstance(wait_seconds, bool) or not 0 <= seconds <= MAX_WAIT_SECONDS:
-        raise InvalidRequest(
-            f"wait_seconds must be a number from 0 to {MAX_WAIT_SECONDS}", target="wait_seconds"
-        )
+    seconds = -1.0
+    if isinstance(wait_seconds, str) and _DECIMAL.fullmatch(wait_seconds):
+        seconds = float(wait_seconds)
+    elif isinstance(wait_seconds, (int, float)) and not isinstance(wait_seconds, bool):
+        try:
+            seconds = float(wait_seconds)
+        except OverflowError:  # an integer beyond float range
+            seconds = -1.0
+    if not 0 <= seconds <= MAX_WAIT_SECONDS:
+        raise InvalidRequest(f"wait_seconds must be a number from 0 to {MAX_WAIT_SECONDS}", target="wait_seconds")
     return seconds
 
 
@@ -149,7 +155,7 @@ def _base64_decoded(text: str) -> str | None:
 def _parse_json_message(text: str, *, dequeue_count: int | None) -> CancelRequest:
     try:
         message = json.loads(text)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
         raise InvalidRequest(f"message is not valid JSON: '{shorten(text)}'", target="message") from err
     if not isinstance(message, dict) or "job_id" not in message:
         raise InvalidRequest(

@@ -302,3 +302,12 @@ def test_unreadable_upstream_answer_is_502_internal_failure(
     record = assert_answer_matches_record(call, 502)
     assert call.body["error"]["code"] == "internalFailure"
     assert "answered" in call.body["error"]["message"] and record["retryable"] is False
+
+
+@pytest.mark.parametrize("status", [501, 505, 511])
+def test_other_upstream_5xx_is_503_without_in_call_retries(simulator: FineTuningSimulator, call_http, status: int) -> None:
+    simulator.fail_next(status=status, path_suffix="/cancel")
+    call = call_http(simulator.create_job()["id"])
+    record = assert_answer_matches_record(call, 503)
+    assert call.body["error"]["code"] == "serviceUnavailable" and str(status) in call.body["error"]["message"]
+    assert record["retryable"] is True and record["attempts"] == 1  # CONTRACT 6 retries 500/502/503/504 only
