@@ -31,7 +31,8 @@ from shared.settings import CANCEL_REQUESTS_QUEUE, CANCEL_RESULTS_QUEUE, SETTING
 PROG = "ftcancel"
 URL_ENV = "FTCANCEL_URL"
 FUNCTION_KEY_ENV = "FTCANCEL_FUNCTION_KEY"
-_QUEUE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")  # the storage service's rule
+_QUEUE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")  # the storage service's rules
+_ACCOUNT_NAME = re.compile(r"[a-z0-9]{3,24}")
 
 EXIT_CODES = """\
 exit codes:
@@ -298,6 +299,12 @@ def _queue_name(text: str) -> str:
     return text
 
 
+def _account_name(text: str) -> str:
+    if not _ACCOUNT_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a storage account name (3 to 24 lowercase letters and digits)")
+    return text
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -315,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     storage = argparse.ArgumentParser(add_help=False)
     where = storage.add_argument_group("storage account (one of)")
-    where.add_argument("--account", metavar="NAME", help="storage account name; signs in with Entra ID")
+    where.add_argument("--account", metavar="NAME", type=_account_name, help="storage account name; signs in with Entra ID")
     where.add_argument("--connection-string", metavar="STRING",
                        help=f"a storage connection string (default: ${CONNECTION_STRING_ENV}); "
                             "UseDevelopmentStorage=true for Azurite")

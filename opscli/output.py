@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from opscli.errors import counted
 
 ERROR_MESSAGE_WIDTH = 60
-CORRELATION_ID_WIDTH = 16
+CORRELATION_ID_WIDTH = 20
 OUTCOME_ORDER = ("cancelled", "already_terminal", "rejected", "failed")
 
 # (heading, width); the last column takes the rest of the line.

@@ -20,6 +20,7 @@ class Progress:
         self._stream = stream
         self._enabled = enabled
         self._drawn_at = 0.0
+        self._drawn_done = -1
 
     @classmethod
     def for_stream(cls, total: int, *, label: str, stream: TextIO, forced: bool | None) -> Progress:
@@ -37,7 +38,8 @@ class Progress:
     def finish(self) -> None:
         """End the bar's line, where it stands (also after a failure part-way)."""
         if self._enabled:
-            self._draw()
+            if self._drawn_done != self.done:
+                self._draw()
             self._stream.write("\n")
             self._stream.flush()
 
@@ -49,3 +51,4 @@ class Progress:
         bar = "#" * filled + "." * (BAR_WIDTH - filled)
         self._stream.write(f"\r{self._label} [{bar}] {self.done}/{self.total} ({percent}%)")
         self._stream.flush()
+        self._drawn_done = self.done

@@ -67,7 +67,11 @@ class StorageAccount:
         if parts.scheme != "https" or not parts.hostname:
             raise CliError(f"--queue-url must be an https URL, not '{endpoint}'", exit_code=EXIT_USAGE)
         name = account or parts.hostname.split(".")[0]
-        return cls(name=name, endpoint=endpoint, credential=SignIn(DefaultAzureCredential(), account=name))
+        try:
+            credential = DefaultAzureCredential()
+        except ValueError as err:  # a bad AZURE_TOKEN_CREDENTIALS value, say
+            raise CliError(f"cannot sign in: {err}", exit_code=EXIT_USAGE) from err
+        return cls(name=name, endpoint=endpoint, credential=SignIn(credential, account=name))
 
     @classmethod
     def from_connection_string(cls, connection_string: str) -> StorageAccount:
@@ -209,8 +213,6 @@ class StorageQueue:
         """The one-line explanation of a storage failure."""
         account = f"storage account '{self.account.name}'"
         code = getattr(err, "error_code", None) or ""
-        if isinstance(err, ClientAuthenticationError) and err.response is None:
-            return sign_in_refused(self.account.name)
         if isinstance(err, ResourceNotFoundError) and code == "QueueNotFound":
             return CliError(
                 f"queue '{self.name}' does not exist in {account} ({self.account.endpoint}); create it or check --queue"

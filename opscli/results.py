@@ -98,8 +98,10 @@ class ResultsReader:
             if len(batch) == min(wanted, MAX_MESSAGES_PER_CALL):
                 idle_wait = FIRST_POLL_SECONDS
                 continue  # a full batch: more may be waiting right now
-            if not self.follow and not fresh:
-                return
+            if not self.follow:
+                if not fresh:
+                    return
+                continue  # until a receive finds nothing new
             if fresh:
                 idle_wait = FIRST_POLL_SECONDS
             self._sleep(idle_wait)
