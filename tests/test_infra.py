@@ -64,7 +64,12 @@ APP_ROLES = {
     "Key Vault Secrets User",
     "Monitoring Metrics Publisher",
 }
-USER_ROLES = {"Key Vault Secrets Officer", "Storage Queue Data Message Sender", "Storage Queue Data Reader"}
+USER_ROLES = {
+    "Key Vault Secrets Officer",
+    "Storage Queue Data Message Sender",  # on cancel-requests
+    "Storage Queue Data Message Processor",  # on cancel-results: read and take records
+    "Storage Queue Data Reader",  # on cancel-requests-poison: look only
+}
 
 # Read by the code path but provided by the platform or only used locally, never set by the template.
 NOT_APP_SETTINGS = {

@@ -17,6 +17,7 @@ var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // Stora
 var storageQueueDataContributorRoleId = '974c5e8b-45b9-4653-ba55-5f855dd0fb88' // Storage Queue Data Contributor
 var storageQueueDataMessageSenderRoleId = 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a' // Storage Queue Data Message Sender
 var storageQueueDataReaderRoleId = '19e7f393-937e-4f77-808e-94535e297925' // Storage Queue Data Reader
+var storageQueueDataMessageProcessorRoleId = '8a0f0c08-91a1-4084-bc3d-661d67233fed' // Storage Queue Data Message Processor
 var keyVaultSecretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6' // Key Vault Secrets User
 var keyVaultSecretsOfficerRoleId = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7' // Key Vault Secrets Officer
 var monitoringMetricsPublisherRoleId = '3913510d-42f4-4e42-8a64-420c390055eb' // Monitoring Metrics Publisher
@@ -118,11 +119,12 @@ resource userRequestsSender 'Microsoft.Authorization/roleAssignments@2022-04-01'
   }
 }
 
-resource userResultsReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (grantUser) {
-  name: guid(resultsQueue.id, userPrincipalId, storageQueueDataReaderRoleId)
+// Peek, receive and delete result records (ftcancel results --delete / --follow --delete); nothing else.
+resource userResultsProcessor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (grantUser) {
+  name: guid(resultsQueue.id, userPrincipalId, storageQueueDataMessageProcessorRoleId)
   scope: resultsQueue
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageQueueDataReaderRoleId)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageQueueDataMessageProcessorRoleId)
     principalId: userPrincipalId
   }
 }
