@@ -233,7 +233,8 @@ class _SettingsCache:
 
 def environment_snapshot(environ: Mapping[str, str]) -> tuple[str | None, ...]:
     """The values of every variable the app's code path reads, storage settings included."""
-    storage = tuple(sorted((k, v) for k, v in environ.items() if k.startswith(AZURE_WEB_JOBS_STORAGE)))
+    # Keys only: os.environ decodes each value it yields, and this runs on every invocation.
+    storage = tuple(sorted((k, environ[k]) for k in environ if k.startswith(AZURE_WEB_JOBS_STORAGE)))
     return (*(environ.get(name) for name in (*SETTING_NAMES, *SDK_ENVIRONMENT)), repr(storage))
 
 
