@@ -47,3 +47,9 @@ run: install $(NPM_STAMP)
 # Start the stack, cancel jobs over HTTP and through the queue, print the records, stop, exit 0.
 demo: install $(NPM_STAMP)
 	@$(PY) -m devstack.demo
+
+# The cancel path against raw HTTP, the openai SDK and a naive script (about 8 minutes on 2 cores):
+# writes docs/benchmarks.md, docs/bench/results.json and docs/bench/throughput.png. A smoke run is in make test.
+.PHONY: bench
+bench: install
+	$(PY) -m bench.run

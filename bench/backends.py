@@ -1,0 +1,94 @@
+"""What every case runs against: the fine-tuning simulator in a process of its own, and Key Vault.
+
+The simulator is `python -m devstack.openai_sim` with its request log off. The Key Vault
+emulator (and its managed-identity endpoint) serves from threads of the benchmark's own
+process, which only waits while a case's worker process runs, so its read counter can be
+asked directly. `child_environ()` is the app settings of CONTRACT section 1 pointed at both.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Self
+
+from bench import load
+from devstack._http import read_ready_line
+from devstack.keyvault_emulator import KeyVaultEmulator
+
+REPO = Path(__file__).resolve().parent.parent
+API_KEY = "bench-key-6a1f0d93c2e84b7e9f51a3c7d2b8e046"
+SECRET_NAME = "azure-openai-api-key"
+# Variables that would send loopback traffic elsewhere or pick another identity.
+_DROPPED = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME", "MSI_ENDPOINT", "MSI_SECRET")
+_PROXIES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+class Backends:
+    """The simulator process and the in-process Key Vault emulator, started and stopped together."""
+
+    def __init__(self, workdir: Path) -> None:
+        self._workdir = workdir
+        self._simulator: subprocess.Popen[str] | None = None
+        self.vault = KeyVaultEmulator(workdir=workdir / "vault")
+        self.endpoint = ""
+        self.port = 0
+
+    def __enter__(self) -> Self:
+        self._simulator = subprocess.Popen(
+            [sys.executable, "-m", "devstack.openai_sim", "--port", "0", "--api-key", API_KEY, "--no-request-log"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert self._simulator.stdout is not None
+            ready = read_ready_line(self._simulator.stdout, "openai-sim", timeout=30)
+            self.endpoint, self.port = ready["AZURE_OPENAI_ENDPOINT"], int(ready["port"])
+            self.vault.start()
+            self.vault.set_secret(SECRET_NAME, API_KEY)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.vault.stop()
+        if self._simulator is not None and self._simulator.poll() is None:
+            self._simulator.terminate()
+            try:
+                self._simulator.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._simulator.kill()
+                self._simulator.wait()
+
+    @property
+    def simulator_pid(self) -> int:
+        assert self._simulator is not None
+        return self._simulator.pid
+
+    def create_jobs(self, count: int) -> list[str]:
+        """Cancellable jobs for one run, made over HTTP before the run starts."""
+        return load.create_jobs(self.port, API_KEY, count)
+
+    def kv_reads(self) -> int:
+        return self.vault.read_count(SECRET_NAME)
+
+    def child_environ(self, **overrides: str) -> dict[str, str]:
+        """This process's environment plus the app settings, for a case's worker process."""
+        environ = {
+            name: value for name, value in os.environ.items() if name not in _DROPPED and name.lower() not in _PROXIES
+        }
+        environ.update(self.vault.environ())
+        environ.update(
+            {
+                "AZURE_OPENAI_ENDPOINT": self.endpoint,
+                "AZURE_OPENAI_KEY_SECRET_NAME": SECRET_NAME,
+                "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+                "PYTHONPATH": str(REPO),
+                **overrides,
+            }
+        )
+        return environ

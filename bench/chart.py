@@ -1,0 +1,53 @@
+"""The throughput chart of docs/benchmarks.md: median cancels/s per case and concurrency (matplotlib)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+
+import matplotlib.pyplot as plt
+
+COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52")
+
+
+def throughput_chart(results: dict[str, Any], path: Path) -> None:
+    """Grouped bars: one group per case, one bar per concurrency, whiskers from slowest to fastest run."""
+    summary = results["summary"]
+    cases = list(summary)
+    concurrencies = list(summary[cases[0]])
+    width = 0.8 / len(concurrencies)
+    figure, axes = plt.subplots(figsize=(9, 4.8), dpi=110)
+    for index, concurrency in enumerate(concurrencies):
+        cells = [summary[case][concurrency] for case in cases]
+        medians = [cell["cancels_per_second"] for cell in cells]
+        below = [cell["cancels_per_second"] - cell["cancels_per_second_min"] for cell in cells]
+        above = [cell["cancels_per_second_max"] - cell["cancels_per_second"] for cell in cells]
+        positions = [case_index + (index - (len(concurrencies) - 1) / 2) * width for case_index in range(len(cases))]
+        bars = axes.bar(
+            positions,
+            medians,
+            width,
+            yerr=[below, above],
+            capsize=3,
+            label=f"concurrency {concurrency}",
+            color=COLOURS[index % len(COLOURS)],
+        )
+        axes.bar_label(bars, labels=[f"{median:,.0f}" for median in medians], padding=2, fontsize=8)
+    axes.set_xticks(range(len(cases)), cases)
+    axes.set_ylabel("cancels per second (median of runs)")
+    ceiling = ", ".join(f"{rate:,.0f}/s at c={c}" for c, rate in results["simulator_ceiling"].items())
+    axes.set_title(
+        f"Cancel throughput against the fine-tuning simulator\n"
+        f"simulator ceiling {ceiling}; {results['machine']['cores']} cores shared by client and simulator",
+        fontsize=10,
+    )
+    axes.legend(loc="upper right", fontsize=8)
+    axes.spines[["top", "right"]].set_visible(False)
+    axes.set_ylim(0, max(cell["cancels_per_second_max"] for row in summary.values() for cell in row.values()) * 1.15)
+    figure.tight_layout()
+    figure.savefig(path, metadata={"Software": None})  # no version stamp: the file changes only with the figures
+    plt.close(figure)

@@ -1,0 +1,250 @@
+"""docs/benchmarks.md, written from the results of one run (nothing in it is typed in by hand)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from bench.cases import DESCRIPTIONS
+from bench.profile import OWNERS
+
+BOTTLENECK_SHARE = 0.6  # above this share of the simulator's ceiling, a case may be measuring the simulator
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def results_table(results: dict[str, Any]) -> str:
+    rows = []
+    for case, cells in results["summary"].items():
+        for concurrency, cell in cells.items():
+            rows.append(
+                [
+                    f"**{case}**" if case == "ours" else case,
+                    concurrency,
+                    f"{cell['cancels_per_second']:,.0f}",
+                    f"{cell['cancels_per_second_min']:,.0f}–{cell['cancels_per_second_max']:,.0f}",
+                    f"{cell['p50_ms']:.2f}",
+                    f"{cell['p99_ms']:.2f}",
+                    f"{cell['client_cpu_us_per_cancel']:,.0f}",
+                    "/".join(map(str, cell["kv_reads_per_run"])),
+                    f"{cell['cancels_per_run']:,} × {cell['runs']}",
+                ]
+            )
+    header = [
+        "case",
+        "concurrency",
+        "cancels/s (median)",
+        "slowest–fastest run",
+        "p50 ms",
+        "p99 ms",
+        "client CPU µs/cancel",
+        "Key Vault reads per run",
+        "timed cancels × runs",
+    ]
+    return _table(header, rows)
+
+
+def ratios_table(results: dict[str, Any]) -> str:
+    names = list(next(iter(results["ratios"].values())))
+    rows = [[concurrency, *(f"{row[name]:.2f}" for name in names)] for concurrency, row in results["ratios"].items()]
+    return _table(["concurrency", *names], rows)
+
+
+def targets_table(results: dict[str, Any]) -> str:
+    rows = [[t["target"], t["figure"], "**met**" if t["met"] else "**missed**"] for t in results["targets"]]
+    return _table(["target", "figure", "result"], rows)
+
+
+def ceiling_text(results: dict[str, Any]) -> str:
+    ceiling = results["simulator_ceiling"]
+    shares = []
+    for concurrency, rate in ceiling.items():
+        fastest_case, fastest = max(
+            ((case, cells[concurrency]["cancels_per_second"]) for case, cells in results["summary"].items()),
+            key=lambda item: item[1],
+        )
+        shares.append((concurrency, rate, fastest_case, fastest, fastest / rate))
+    lines = [
+        f"- concurrency {c}: the simulator served **{rate:,.0f} cancels/s**; the fastest case ({case}) reached "
+        f"{fastest:,.0f}/s, {share:.0%} of that."
+        for c, rate, case, fastest, share in shares
+    ]
+    worst = max(share for *_, share in shares)
+    verdict = (
+        "The simulator was not the bottleneck: every case stayed well below what it serves."
+        if worst <= BOTTLENECK_SHARE
+        else f"**Warning:** a case reached {worst:.0%} of the simulator's ceiling; its figure may be the simulator's."
+    )
+    return "\n".join(lines) + "\n\n" + verdict
+
+
+def cold_start_section(results: dict[str, Any]) -> str:
+    cold = results["cold_start"]
+    phases = ("interpreter", "azure_functions", "setup", "first_cancel", "total", "total_less_azure_functions")
+    rows = [[kind, *(f"{cold['median_ms'][kind][phase]:.0f}" for phase in phases)] for kind in cold["median_ms"]]
+    header = [
+        "process",
+        "interpreter start",
+        "import azure.functions",
+        "set-up",
+        "first cancel",
+        "**total**",
+        "total less azure.functions",
+    ]
+    table = _table([*header[:1], *(f"{name} (ms)" for name in header[1:])], rows)
+    breakdown = []
+    for kind, imports in cold["importtime"].items():
+        top = ", ".join(f"`{entry['module']}` {entry['cumulative_ms']:.0f}" for entry in imports["top"])
+        breakdown.append(f"- **{kind}** ({imports['total_ms']:.0f} ms of imports in all): {top}")
+    return (
+        f"Medians of {cold['samples']} fresh processes each, ours and naive alternating, from the parent's "
+        "spawn to the first cancel's answer. Ours imports `azure.functions` first, timed apart: the Functions "
+        "worker has it loaded before it imports `function_app`, so in Azure a cold start does not pay it. Set-up "
+        "is, for ours, importing `function_app` and indexing it as the host does (`app.get_functions()`); for "
+        "naive, importing requests, azure-identity and azure-keyvault-secrets. The first cancel includes the "
+        "managed-identity token, the Key Vault read and the upstream POST; ours imports azure-identity and "
+        "azure-keyvault-secrets there, on first use.\n\n"
+        + table
+        + "\n\nSlowest top-level imports, cumulative ms under `python -X importtime` (one more process each; "
+        "importtime itself slows imports, so these add up to more than the set-up above):\n\n" + "\n".join(breakdown)
+    )
+
+
+def profile_section(results: dict[str, Any], relative_out: str) -> str:
+    profiles = results["profiles"]
+    cases = list(profiles)
+    rows = []
+    for owner in OWNERS:
+        figures = [profiles[case]["us_per_cancel"].get(owner, 0.0) for case in cases]
+        if any(figure >= 0.5 for figure in figures):
+            rows.append([owner, *(f"{figure:,.0f}" for figure in figures)])
+    rows.append(["**total**", *(f"**{sum(profiles[c]['us_per_cancel'].values()):,.0f}**" for c in cases)])
+    links = ", ".join(f"[{case}]({relative_out}/{profiles[case]['text']})" for case in cases)
+    text = (
+        "Client time per cancel by owner, one cancel at a time under pyinstrument. The profiler costs a little "
+        "on every Python call, so everything is slower than in the table above and call-heavy code looks heavier "
+        "than it is: compare the columns, and take the unprofiled client CPU above as the real cost. "
+        "Standard-library frames are charged to the code that called them, except http.client, which is the HTTP "
+        f"stack requests runs on. Full call trees: {links}.\n\n" + _table(["owner", *cases], rows)
+    )
+    if "raw" in profiles and "ours" in profiles:
+        ours, raw = profiles["ours"]["us_per_cancel"], profiles["raw"]["us_per_cancel"]
+        extra = sum(ours.values()) - sum(raw.values())
+        parts = [
+            f"{ours.get(owner, 0.0) - raw.get(owner, 0.0):+,.0f} µs {owner}"
+            for owner in OWNERS
+            if abs(ours.get(owner, 0.0) - raw.get(owner, 0.0)) >= 10
+        ]
+        text += f"\n\nOurs against raw: {extra:+,.0f} µs per cancel under the profiler ({'; '.join(parts)})."
+    return text
+
+
+def markdown(results: dict[str, Any], *, doc_dir: Path, out: Path) -> str:
+    relative_out = os.path.relpath(out, doc_dir).replace(os.sep, "/")
+    m = results["machine"]
+    plan = results["plan"]
+    packages = ", ".join(f"{name} {version}" for name, version in m["packages"].items())
+    cases = "\n".join(f"- **{name}**: {text}" for name, text in DESCRIPTIONS.items() if name in results["summary"])
+    check = results["cache_period_check"]
+    return f"""# Benchmarks: the cancel path
+
+What our function adds to a cancel should be close to nothing: the floor is one keep-alive HTTP
+POST. This page measures how close it is, side by side in one run, against the raw floor, the
+official `openai` SDK and a naive script. Every figure on it comes from the run below; rerun it
+with
+
+```bash
+make bench
+```
+
+(about {results["elapsed_seconds"] / 60:.0f} minutes here). Raw results: [`{relative_out}/results.json`]({relative_out}/results.json).
+
+![Cancels per second per case and concurrency]({relative_out}/throughput.png)
+
+## Machine
+
+| | |
+|---|---|
+| generated | {results["generated_at"]} by `{results["command"]}` |
+| CPU | {m["cpu"]}, {m["cores"]} cores, {m["memory_gib"]} GiB |
+| OS, Python | {m["os"]}, Python {m["python"]} |
+| load average (1 min) | {m["load_average_1min"]["start"]:.1f} at the start, {m["load_average_1min"]["end"]:.1f} at the end (above 0: other work was sharing the cores) |
+| packages | {packages} |
+
+The client and the simulator share these {m["cores"]} cores: each case's client is one Python
+process (one core at most, the GIL), the simulator another, and the Key Vault emulator runs in
+threads of the benchmark's own process. Timings on this machine are noisy, so each figure is a
+median of {plan["repetitions"]} runs, and cases are interleaved (a fresh shuffled order every
+repetition) so that drift hits all of them alike.
+
+## Simulator ceiling
+
+Measured first, with the cheapest client there is (pre-encoded requests over raw keep-alive
+sockets, `bench/load.py`), cancelling fresh jobs on the simulator (`python -m devstack.openai_sim
+--no-request-log`, its own process):
+
+{ceiling_text(results)}
+
+## Results
+
+{results_table(results)}
+
+Ratios of median cancels/s:
+
+{ratios_table(results)}
+
+## Targets
+
+{targets_table(results)}
+
+## Key Vault reads
+
+Counted by the Key Vault emulator for each worker process (one process per run): ours, raw
+and sdk read the api-key once per process, at every concurrency; naive reads it (and gets a new
+token) for every cancel. At concurrency {max(plan["concurrency"])} our function starts with an
+empty cache and {max(plan["concurrency"])} threads calling at once: the one read shows they
+waited for one another instead of each reading.
+
+Cache period: our function at concurrency {check["concurrency"]} with `SECRET_CACHE_SECONDS={check["cache_seconds"]:g}`
+made {check["cancels"]:,} cancels in {check["span_seconds"]:.1f} s and read Key Vault **{check["kv_reads"]}** times
+(one at the start plus at most one per expiry allows {check["most_reads_allowed"]}): {"met" if check["met"] else "**missed**"}.
+
+## Cold start
+
+{cold_start_section(results)}
+
+## Where the time goes
+
+{profile_section(results, relative_out)}
+
+## The cases
+
+{cases}
+
+## How it is measured
+
+- Each run is a fresh worker process (`python -m bench.worker CASE --concurrency N --jobs FILE`) with
+  the app settings of the contract pointed at the simulator and the Key Vault emulator.
+- Every cancel is of a job created for it beforehand (`POST /openai/fine_tuning/jobs`, outside the
+  timed region), so each is one upstream POST answered 200; every answer is checked to be a
+  cancelled job, and a run with one failed cancel is an error, not a figure.
+- Threads ({", ".join(map(str, plan["concurrency"]))}; 16 is the queue trigger's `batchSize` in host.json)
+  first run a warm-up together ({plan["warmup_per_thread"]} cancels a thread, {plan["naive_warmup_per_thread"]}
+  for naive), then start the timed cancels at one barrier. Throughput is timed cancels over the wall time of
+  the timed part; latency is per cancel; client CPU is the worker's process time over the timed part.
+- {plan["cancels"]:,} timed cancels a run, {plan["repetitions"]} runs per case and concurrency. The naive
+  script is about 40 times slower, so it gets {plan["naive_cancels"]:,} a run ({plan["naive_cancels"] * plan["repetitions"]:,}
+  over its runs) to keep `make bench` within about ten minutes.
+- Logging is not configured in the workers, so the service's one INFO line per cancel is not
+  formatted; in Azure the worker formats it and ships it to the host.
+"""
+
+
+def summary_text(results: dict[str, Any]) -> str:
+    """What `make bench` prints at the end."""
+    return "\n\n".join(["results:", results_table(results), ratios_table(results), targets_table(results)])
