@@ -48,7 +48,7 @@ run: install $(NPM_STAMP)
 demo: install $(NPM_STAMP)
 	@$(PY) -m devstack.demo
 
-# The cancel path against raw HTTP, the openai SDK and a naive script (about 8 minutes on 2 cores):
+# The cancel path against raw HTTP, the openai SDK and a naive script (5 to 8 minutes on 2 cores):
 # writes docs/benchmarks.md, docs/bench/results.json and docs/bench/throughput.png. A smoke run is in make test.
 .PHONY: bench
 bench: install
