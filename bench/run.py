@@ -97,22 +97,25 @@ class Bench:
 
     def worker(self, module: str, *args: str, **environ: str) -> dict[str, Any]:
         """Run `python -m module args` with the app settings; its last stdout line as JSON."""
-        completed = subprocess.run(
-            [sys.executable, "-m", module, *args],
-            check=False,
-            cwd=REPO,
-            env=self.backends.child_environ(**environ),
-            capture_output=True,
-            text=True,
-            timeout=WORKER_TIMEOUT_SECONDS,
-        )
+        try:
+            completed = subprocess.run(
+                [sys.executable, "-m", module, *args],
+                check=False,
+                cwd=REPO,
+                env=self.backends.child_environ(**environ),
+                capture_output=True,
+                text=True,
+                timeout=WORKER_TIMEOUT_SECONDS,
+            )
+        except subprocess.TimeoutExpired as err:
+            raise BenchError(f"{module} {' '.join(args)} took over {WORKER_TIMEOUT_SECONDS} s") from err
         if completed.returncode != 0:
             raise BenchError(f"{module} {' '.join(args)} failed:\n{completed.stderr[-3000:]}")
         return json.loads(completed.stdout.strip().splitlines()[-1])
 
-    def run_case(self, case: str, concurrency: int, **environ: str) -> dict[str, Any]:
+    def run_case(self, case: str, concurrency: int, *, cancels: int | None = None, **environ: str) -> dict[str, Any]:
         """One timed run of one case in a fresh process, with the Key Vault reads it caused."""
-        jobs = self.jobs_file(self.plan.warmup(case, concurrency), self.plan.timed_cancels(case))
+        jobs = self.jobs_file(self.plan.warmup(case, concurrency), cancels or self.plan.timed_cancels(case))
         self.backends.vault.reset_counts()
         result = self.worker("bench.worker", case, "--concurrency", str(concurrency), "--jobs", str(jobs), **environ)
         if result["failures"]:
@@ -160,12 +163,7 @@ class Bench:
         period = self.plan.cache_period_seconds
         concurrency = max(self.plan.concurrency)
         cancels = max(50, int(ours_rate * self.plan.cache_check_seconds))
-        plan = self.plan
-        self.plan = replace(plan, cancels=cancels)
-        try:
-            result = self.run_case("ours", concurrency, SECRET_CACHE_SECONDS=str(period))
-        finally:
-            self.plan = plan
+        result = self.run_case("ours", concurrency, cancels=cancels, SECRET_CACHE_SECONDS=str(period))
         span = result["span_seconds"]
         most = int(span // period) + 1  # a read at the start, then at most one each time the key expires
         return {

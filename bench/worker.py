@@ -42,10 +42,18 @@ def measure(case: Case, warmup: Sequence[str], timed: Sequence[str], *, concurre
     failures: list[str] = []
 
     def work(slot: int) -> None:
-        cancel = case.thread_cancel()
+        try:
+            cancel = case.thread_cancel()
+        except Exception as err:  # noqa: BLE001 - reported; the others must not wait for this thread
+            failures.append(f"thread set-up: {type(err).__name__}: {err}"[:300])
+            barrier.abort()
+            return
         timed_latencies = latencies[slot]
         for phase, jobs in enumerate(phases):
-            barrier.wait()
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                return
             for job_id in jobs:
                 started = time.perf_counter()
                 try:
@@ -60,8 +68,11 @@ def measure(case: Case, warmup: Sequence[str], timed: Sequence[str], *, concurre
     for thread in threads:
         thread.start()
     span_started = time.perf_counter()
-    barrier.wait()  # warm-up starts
-    barrier.wait()  # every thread has finished its warm-up: the timed cancels start
+    try:
+        barrier.wait()  # warm-up starts
+        barrier.wait()  # every thread has finished its warm-up: the timed cancels start
+    except threading.BrokenBarrierError:
+        pass  # a thread could not set up: reported in failures
     started, cpu_started = time.perf_counter(), time.process_time()
     for thread in threads:
         thread.join()
