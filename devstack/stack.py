@@ -85,7 +85,11 @@ def shown_path(path: Path) -> str:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: end when the stack process ends, even if it is killed outright."""
+    """In the child before exec: end when the stack process ends, even if it is killed outright.
+
+    Linux sends the signal when the *thread* that started the child ends: start parts from a thread
+    that outlives them (the main thread), or they stop when that thread returns.
+    """
     if _prctl is not None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -194,6 +198,8 @@ class Azurite:
             ready=_AZURITE_READY,
         )
         self.queue_origin = ""
+        self._first_log_path = log_path
+        self._restarts = 0
 
     @property
     def log_path(self) -> Path:
@@ -220,6 +226,23 @@ class Azurite:
     def stop(self) -> None:
         self._child.stop()
         shutil.rmtree(self._data_dir, ignore_errors=True)
+
+    def restart(self, *, down_seconds: float = 0.0) -> Azurite:
+        """Stop Azurite, wait `down_seconds`, start it again on the same port and data folder; wait until it serves.
+
+        SIGTERM lets Azurite save its database, so the messages on its queues survive. The new process
+        logs to `<log>-restart<n>.log` beside the first log, which is kept.
+        """
+        port = self.queue_origin.rsplit(":", 1)[1]  # the port it got, also when it was started with port 0
+        self._child.stop()
+        time.sleep(down_seconds)
+        self._restarts += 1
+        argv = list(self._child.argv)
+        argv[argv.index("--queuePort") + 1] = port
+        first_log = self._first_log_path
+        log_path = first_log.with_name(f"{first_log.stem}-restart{self._restarts}{first_log.suffix}")
+        self._child = ChildProcess(self.name, argv, log_path=log_path, ready=_AZURITE_READY).start()
+        return self.wait_ready()
 
     def create_queues(self, *names: str) -> None:
         for name in names:
