@@ -42,11 +42,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote
 
 import azure.functions as func
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.functions.meta import get_binding_registry
 from azure.functions.queue import QueueMessage, QueueMessageOutConverter
 from azure.storage.queue import QueueClient, QueueServiceClient
@@ -70,6 +77,12 @@ MIN_POLLING_INTERVAL = 0.1  # the host polls this often right after it found mes
 MAX_BATCH_SIZE = 32  # the storage service's limit for one Get Messages call
 PROCESSING_LEASE_SECONDS = 600  # the host hides a message for 10 minutes while a function runs
 STOP_GRACE_SECONDS = 30.0  # how long stop() waits for running queue invocations
+# Storage calls are retried by the runner, not by the SDK (whose retries wait 15 s and more), so a
+# storage restart costs seconds: waits from 0.1 s doubling to 2 s, for at most STORAGE_RETRY_SECONDS.
+STORAGE_RETRY_FIRST_WAIT = 0.1
+STORAGE_RETRY_MAX_WAIT = 2.0
+STORAGE_RETRY_SECONDS = 60.0  # far inside the processing lease, so a message being settled is not redelivered
+STORAGE_RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 # Azurite's well-known development account: what `UseDevelopmentStorage=true` means.
 DEVELOPMENT_ACCOUNT = "devstoreaccount1"
@@ -87,6 +100,8 @@ _CONSTRAINT_PATTERNS = {
     "guid": r"[0-9A-Fa-f]{8}-?(?:[0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12}",
 }
 _ENCODED_SLASH = re.compile(r"%2[fF]")
+
+_T = TypeVar("_T")
 
 
 class RunnerError(Exception):
@@ -189,35 +204,88 @@ def development_storage_connection_string(queue_origin: str) -> str:
     )
 
 
+def is_transient_storage_error(err: AzureError) -> bool:
+    """Whether a storage call may succeed if made again: no connection, no answer, or a 408/429/5xx."""
+    if isinstance(err, (ServiceRequestError, ServiceResponseError)):
+        return True
+    return isinstance(err, HttpResponseError) and err.status_code in STORAGE_RETRYABLE_STATUSES
+
+
+def with_storage_retries(
+    operation: Callable[[], _T],
+    *,
+    what: str,
+    give_up: threading.Event,
+    seconds: float = STORAGE_RETRY_SECONDS,
+) -> _T:
+    """Make a storage call, again while it fails transiently, for up to `seconds` or until `give_up` is set.
+
+    A call whose answer was lost (ServiceResponseError) may have been carried out: a repeated send can
+    then write a message twice. That is the at-least-once of queue outputs; a call that never reached
+    the service (ServiceRequestError: Azurite restarting) is repeated without that risk.
+    """
+    deadline = time.monotonic() + seconds
+    wait = STORAGE_RETRY_FIRST_WAIT
+    failures = 0
+    while True:
+        try:
+            result = operation()
+        except AzureError as err:
+            if not is_transient_storage_error(err) or time.monotonic() + wait > deadline or give_up.is_set():
+                raise
+            failures += 1
+            if failures == 1:
+                logger.info("%s failed (%s); retrying until storage answers", what, _first_line(err))
+            give_up.wait(wait * random.uniform(0.8, 1.2))
+            wait = min(wait * 2, STORAGE_RETRY_MAX_WAIT)
+            continue
+        if failures:
+            logger.info("%s succeeded after %d retries", what, failures)
+        return result
+
+
 class QueueClients:
-    """One QueueServiceClient per connection string, and queues created once when a write needs them."""
+    """One QueueServiceClient per connection string, and queues created once when a write needs them.
+
+    The SDK's own retries are off: `with_storage_retries` retries with short waits, and stops
+    when the runner stops (`close()` sets `closing`).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._services: dict[str, QueueServiceClient] = {}
         self._created: set[tuple[str, str]] = set()
+        self.closing = threading.Event()
 
     def queue(self, connection_string: str, name: str) -> QueueClient:
         with self._lock:
             service = self._services.get(connection_string)
             if service is None:
-                service = QueueServiceClient.from_connection_string(connection_string)
+                service = QueueServiceClient.from_connection_string(connection_string, retry_total=0)
                 self._services[connection_string] = service
         return service.get_queue_client(name)
 
+    def retrying(self, operation: Callable[[], _T], *, what: str) -> _T:
+        """`operation` with the runner's storage retries."""
+        return with_storage_retries(operation, what=what, give_up=self.closing)
+
     def send(self, connection_string: str, name: str, content: str) -> None:
-        """Send one message, creating the queue first if it does not exist (as the host's output binding does)."""
+        """Send one message, creating the queue first if it does not exist (as the host's output binding does).
+
+        Retried while storage is unreachable; raises once it has been for STORAGE_RETRY_SECONDS.
+        """
         client = self.queue(connection_string, name)
         if (connection_string, name) not in self._created:
             try:
-                client.create_queue()
+                self.retrying(client.create_queue, what=f"Creating queue '{name}'")
             except ResourceExistsError:
                 pass
             with self._lock:
                 self._created.add((connection_string, name))
-        client.send_message(content)
+        self.retrying(lambda: client.send_message(content), what=f"Writing a message to queue '{name}'")
 
     def close(self) -> None:
+        self.closing.set()
         with self._lock:
             services, self._services = list(self._services.values()), {}
         for service in services:
@@ -698,6 +766,7 @@ class QueueListener:
         self._running = 0
         self._thread = threading.Thread(target=self._poll_loop, name=f"listener-{function.name}", daemon=True)
         self._missing_queue_reported = False
+        self._failed_polls = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -725,8 +794,8 @@ class QueueListener:
                 return
             try:
                 messages = self._receive()
-            except Exception as err:  # noqa: BLE001 - storage unreachable: said once per poll, and the loop backs off
-                logger.warning("Polling queue '%s' failed: %s", self.function.trigger_queue, _first_line(err))
+            except Exception as err:  # noqa: BLE001 - the poller outlives storage failures: it backs off, polls again
+                self._poll_failed(err)
                 messages = []
             for message in messages:
                 with self._slots:
@@ -761,7 +830,22 @@ class QueueListener:
                 self._missing_queue_reported = True
             return []
         self._missing_queue_reported = False
+        if self._failed_polls:
+            logger.info(
+                "Polling queue '%s' works again after %d failed polls", self.function.trigger_queue, self._failed_polls
+            )
+            self._failed_polls = 0
         return messages
+
+    def _poll_failed(self, err: Exception) -> None:
+        """Say once per outage that polling fails (the loop backs off up to maxPollingInterval meanwhile)."""
+        self._failed_polls += 1
+        if self._failed_polls == 1:
+            logger.warning(
+                "Polling queue '%s' failed: %s; polling again with back-off until it answers",
+                self.function.trigger_queue,
+                _first_line(err),
+            )
 
     def _process(self, message: Any) -> None:
         """One message: invoke, then delete (success), hide for visibilityTimeout, or move to the poison queue."""
@@ -782,15 +866,28 @@ class QueueListener:
                         invocation_id,
                     )
                     _, outputs = invoke(function, self._queue_message(message))
+                    # Retried while storage is away (a restart); the invocation fails only if it stays away.
                     write_outputs(
                         self._queues, function, outputs, base64_encode=self._host.message_encoding == "base64"
                     )
             except Exception:  # noqa: BLE001 - logged by _invocation_log; the message's fate follows
                 self._after_failure(message)
                 return
-            self._queue.delete_message(message.id, message.pop_receipt)
+            self._delete(message)
         except Exception:  # noqa: BLE001 - a storage failure here leaves the message to reappear after its lease
             logger.exception("Could not settle message %s on queue '%s'", message.id, function.trigger_queue)
+
+    def _delete(self, message: Any) -> None:
+        """Delete a settled message, retrying while storage is away; one already gone counts as deleted."""
+        try:
+            self._queues.retrying(
+                lambda: self._queue.delete_message(message.id, message.pop_receipt),
+                what=f"Deleting message {message.id}",
+            )
+        except ResourceNotFoundError:
+            # An earlier try was carried out but its answer lost, or the lease ran out and another
+            # poll holds the message now (it will be delivered again).
+            logger.info("Message %s was no longer on queue '%s' to delete", message.id, self.function.trigger_queue)
 
     def _queue_message(self, message: Any) -> QueueMessage:
         content = message.content
@@ -816,9 +913,17 @@ class QueueListener:
         if message.dequeue_count >= self._host.max_dequeue_count:
             self._move_to_poison(message)
             return
-        self._queue.update_message(
-            message.id, message.pop_receipt, visibility_timeout=int(round(self._visibility_timeout))
-        )
+        try:
+            self._queues.retrying(
+                lambda: self._queue.update_message(
+                    message.id, message.pop_receipt, visibility_timeout=int(round(self._visibility_timeout))
+                ),
+                what=f"Making message {message.id} visible again",
+            )
+        except ResourceNotFoundError:
+            # An earlier try was carried out (the pop receipt changed), or the lease ran out: either
+            # way the message becomes visible again by itself.
+            logger.info("Message %s: its visibility was already changed", message.id)
 
     def _move_to_poison(self, message: Any) -> None:
         logger.warning(
@@ -827,7 +932,7 @@ class QueueListener:
             self._poison_name,
         )
         self._queues.send(self.function.trigger_connection_string, self._poison_name, message.content)
-        self._queue.delete_message(message.id, message.pop_receipt)
+        self._delete(message)
 
 
 # --- the runner -----------------------------------------------------------------------------------

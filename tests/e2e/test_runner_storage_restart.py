@@ -1,0 +1,85 @@
+"""The local runner while Azurite restarts: outputs written once, messages settled, in seconds, not minutes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import azure.functions as func
+import pytest
+from azure.storage.queue import QueueClient
+
+from devstack.runner import FunctionsRunner, HostSettings
+from devstack.stack import Azurite
+
+from .queue_polling import message_count, take_messages
+
+pytestmark = pytest.mark.e2e
+
+AZURITE_DOWN_SECONDS = 2.0
+
+
+@pytest.fixture
+def own_azurite(tmp_path: Path) -> Iterator[Azurite]:
+    """An Azurite of this test's own: the session's is shared, and this one is restarted."""
+    server = Azurite(log_path=tmp_path / "azurite.log").start()
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
+
+
+def test_runner_writes_each_output_once_and_settles_each_message_when_azurite_restarts_mid_batch(
+    own_azurite: Azurite,
+):
+    gate = threading.Event()
+    app = func.FunctionApp()
+
+    @app.function_name("echo")
+    @app.queue_trigger(arg_name="msg", queue_name="in-queue", connection="AzureWebJobsStorage")
+    @app.queue_output(arg_name="out", queue_name="out-queue", connection="AzureWebJobsStorage")
+    def echo(msg: func.QueueMessage, out: func.Out[str]) -> None:
+        gate.wait(30)  # every invocation returns while Azurite is down: outputs and deletes must wait for it
+        out.set(msg.get_body().decode())
+
+    own_azurite.create_queues("in-queue", "out-queue")
+    requests_queue = QueueClient.from_connection_string(own_azurite.connection_string, "in-queue")
+    outputs_queue = QueueClient.from_connection_string(own_azurite.connection_string, "out-queue")
+    sent = [f"message {n}" for n in range(8)]
+    for body in sent:
+        requests_queue.send_message(body)
+    host = HostSettings(message_encoding="none", batch_size=8, new_batch_threshold=4, max_polling_interval=0.2)
+    runner = FunctionsRunner(
+        app, host_settings=host, settings={"AzureWebJobsStorage": own_azurite.connection_string}, port=0
+    ).start()
+    try:
+        deadline = time.monotonic() + 10
+        while requests_queue.peek_messages() and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the runner holds the whole batch
+        first = own_azurite.child.process
+        assert first is not None
+        released: list[float] = []
+
+        def release_once_azurite_is_down() -> None:
+            first.wait(timeout=15)
+            released.append(time.monotonic())
+            gate.set()
+
+        threading.Thread(target=release_once_azurite_is_down, daemon=True).start()
+        # From this thread: a child started by a thread that then ends gets SIGTERM (PR_SET_PDEATHSIG).
+        own_azurite.restart(down_seconds=AZURITE_DOWN_SECONDS)
+
+        outputs = take_messages(outputs_queue, len(sent), timeout=20)
+        settled_after = time.monotonic() - released[0]
+        while message_count(requests_queue) and time.monotonic() < released[0] + 20:
+            time.sleep(0.1)
+    finally:
+        runner.stop()
+
+    assert sorted(outputs) == sorted(sent)
+    assert message_count(outputs_queue) == 0  # each once: a write that never reached Azurite is safe to repeat
+    assert message_count(requests_queue) == 0  # every message deleted, none waiting for its lease to run out
+    assert message_count(QueueClient.from_connection_string(own_azurite.connection_string, "in-queue-poison")) == 0
+    assert settled_after < AZURITE_DOWN_SECONDS + 6  # the SDK's own retries would have waited 15 s or more
