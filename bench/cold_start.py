@@ -10,6 +10,7 @@ The import breakdown is one more run of each under `python -X importtime`.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -36,17 +37,17 @@ def run_child(kind: str, job_id: str, environ: Mapping[str, str], repo: Path) ->
     }
 
 
-def import_breakdown(kind: str, job_id: str, environ: Mapping[str, str], repo: Path) -> dict[str, Any]:
-    """`python -X importtime` of one cold start: the slowest top-level imports, in milliseconds."""
-    completed = _first_cancel(kind, job_id, environ, repo, "-X", "importtime")
-    top_level = parse_importtime(completed.stderr)
-    ranked = sorted(
-        ((name, ms) for name, ms in top_level.items() if name.split(".")[0] != "bench"),  # the harness itself
-        key=lambda item: item[1],
-        reverse=True,
-    )
+def import_breakdown(kind: str, job_ids: Sequence[str], environ: Mapping[str, str], repo: Path) -> dict[str, Any]:
+    """`python -X importtime` cold starts (one per job id): the slowest top-level imports, median ms."""
+    samples = [
+        parse_importtime(_first_cancel(kind, job_id, environ, repo, "-X", "importtime").stderr) for job_id in job_ids
+    ]
+    modules = {name for sample in samples for name in sample if name.split(".")[0] != "bench"}  # not the harness
+    medians = {name: statistics.median(sample.get(name, 0.0) for sample in samples) for name in modules}
+    ranked = sorted(medians.items(), key=lambda item: item[1], reverse=True)
     return {
-        "total_ms": sum(top_level.values()),
+        "samples": len(samples),
+        "total_ms": statistics.median(sum(sample.values()) for sample in samples),
         "top": [{"module": name, "cumulative_ms": ms} for name, ms in ranked[:IMPORTTIME_TOP]],
     }
 
@@ -83,9 +84,15 @@ def parse_importtime(stderr: str) -> dict[str, float]:
 
 
 def measure(
-    job_ids: Sequence[str], environ: Mapping[str, str], repo: Path, *, samples: int, log: Any = print
+    job_ids: Sequence[str],
+    environ: Mapping[str, str],
+    repo: Path,
+    *,
+    samples: int,
+    importtime_samples: int,
+    log: Any = print,
 ) -> dict[str, Any]:
-    """`samples` cold starts of each kind, alternating, then one import breakdown each."""
+    """`samples` cold starts of each kind, alternating, then `importtime_samples` import breakdowns each."""
     runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
     jobs = iter(job_ids)
     for index in range(samples):
@@ -98,9 +105,12 @@ def measure(
     return {
         "samples": samples,
         "runs": runs,
-        "importtime": {kind: import_breakdown(kind, next(jobs), environ, repo) for kind in KINDS},
+        "importtime": {
+            kind: import_breakdown(kind, [next(jobs) for _ in range(importtime_samples)], environ, repo)
+            for kind in KINDS
+        },
     }
 
 
-def jobs_needed(samples: int) -> int:
-    return samples * len(KINDS) + len(KINDS)
+def jobs_needed(samples: int, importtime_samples: int) -> int:
+    return (samples + importtime_samples) * len(KINDS)

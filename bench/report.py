@@ -110,8 +110,9 @@ def cold_start_section(results: dict[str, Any]) -> str:
         "managed-identity token, the Key Vault read and the upstream POST; ours imports azure-identity and "
         "azure-keyvault-secrets there, on first use.\n\n"
         + table
-        + "\n\nSlowest top-level imports, cumulative ms under `python -X importtime` (one more process each; "
-        "importtime itself slows imports, so these add up to more than the set-up above):\n\n" + "\n".join(breakdown)
+        + "\n\nSlowest top-level imports, cumulative ms under `python -X importtime`, medians of "
+        f"{next(iter(cold['importtime'].values()))['samples']} more processes each (importtime itself slows "
+        "imports, so these add up to more than the set-up above):\n\n" + "\n".join(breakdown)
     )
 
 

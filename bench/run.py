@@ -46,6 +46,7 @@ class Plan:
     naive_warmup_per_thread: int = 1
     ceiling_cancels: int = 6000
     cold_starts: int = 12
+    importtime_samples: int = 3
     cache_period_seconds: float = 1.0
     cache_check_seconds: float = 4.0
     profile_cases: tuple[str, ...] = ("raw", "ours", "ours-service", "sdk")
@@ -69,6 +70,7 @@ SMOKE = Plan(
     warmup_per_thread=2,
     ceiling_cancels=200,
     cold_starts=1,
+    importtime_samples=1,
     cache_period_seconds=0.3,
     cache_check_seconds=0.8,
     profile_cases=("ours",),
@@ -324,8 +326,15 @@ def run(plan: Plan, *, out: Path, doc: Path, command: str, log: Any = print) -> 
         cache_check = bench.cache_period_check(summary["ours"][str(top)]["cancels_per_second"])
         log(f"  {cache_check['kv_reads']} Key Vault reads in {cache_check['span_seconds']:.1f} s")
         log(f"cold starts: {plan.cold_starts} fresh processes each, ours and naive alternating")
-        cold_ids = backends.create_jobs(cold_start.jobs_needed(plan.cold_starts))
-        cold = cold_start.measure(cold_ids, backends.child_environ(), REPO, samples=plan.cold_starts, log=log)
+        cold_ids = backends.create_jobs(cold_start.jobs_needed(plan.cold_starts, plan.importtime_samples))
+        cold = cold_start.measure(
+            cold_ids,
+            backends.child_environ(),
+            REPO,
+            samples=plan.cold_starts,
+            importtime_samples=plan.importtime_samples,
+            log=log,
+        )
         log("profiles: " + ", ".join(plan.profile_cases))
         profiles = bench.profiles(out)
     results: dict[str, Any] = {
