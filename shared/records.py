@@ -7,7 +7,7 @@ import binascii
 import json
 import re
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -199,14 +199,13 @@ class ResultRecord:
     retry_after_seconds: int | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """The record's JSON shape, fields in the contract's order."""
-        record = asdict(self)
+        """The record's JSON shape, fields in the contract's order (the job is not copied)."""
         shaped = {
             "schema_version": SCHEMA_VERSION,
             "job_id": self.job_id,
             "outcome": self.outcome.value,
-            "job": record["job"],
-            "error": record["error"],
+            "job": self.job,
+            "error": self.error,
             "status_code": self.status_code,
             "retryable": self.retryable,
             "trigger": self.trigger.value,

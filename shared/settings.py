@@ -231,11 +231,18 @@ class _SettingsCache:
         return result
 
 
+# The identity-based forms of the storage connection: enough to notice it appear or go.
+STORAGE_CONNECTION_SETTINGS = tuple(
+    AZURE_WEB_JOBS_STORAGE + suffix
+    for suffix in ("__accountName", "__queueServiceUri", "__serviceUri", "__blobServiceUri", "__credential", "__clientId")
+)
+_SNAPSHOT_NAMES = (*SETTING_NAMES, *SDK_ENVIRONMENT, *STORAGE_CONNECTION_SETTINGS)
+
+
 def environment_snapshot(environ: Mapping[str, str]) -> tuple[str | None, ...]:
-    """The values of every variable the app's code path reads, storage settings included."""
-    # Keys only: os.environ decodes each value it yields, and this runs on every invocation.
-    storage = tuple(sorted((k, environ[k]) for k in environ if k.startswith(AZURE_WEB_JOBS_STORAGE)))
-    return (*(environ.get(name) for name in (*SETTING_NAMES, *SDK_ENVIRONMENT)), repr(storage))
+    """The values of every variable the app's code path reads (this runs on every invocation)."""
+    get = environ.get
+    return tuple([get(name) for name in _SNAPSHOT_NAMES])
 
 
 _cache = _SettingsCache()

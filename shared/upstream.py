@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ class UpstreamClient:
     ) -> None:
         self._settings = settings
         self._base = settings.openai_endpoint + "/openai/fine_tuning/jobs/"
-        self._session = session or _new_session()
+        self._session = session or _new_session(self._base)
         self._sleep = sleep
         self._clock = clock
 
@@ -194,9 +195,15 @@ def _json_or_none(raw: bytes) -> Any:
         return None
 
 
-def _new_session() -> requests.Session:
+def _new_session(base_url: str) -> requests.Session:
+    """A session for one endpoint, its environment (CA bundle, proxies) read once, not per request."""
     session = requests.Session()
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
+    # What trust_env would look up on every request: the same REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE
+    # and *_PROXY / NO_PROXY rules, for our one endpoint. No .netrc: the api-key header is the auth.
+    session.proxies = requests.utils.get_environ_proxies(base_url)
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    session.trust_env = False
     return session
