@@ -1,7 +1,7 @@
-"""The function app: an HTTP trigger and a queue trigger that cancel Azure OpenAI fine-tuning jobs.
+"""The function app: HTTP and queue triggers that cancel Azure OpenAI fine-tuning jobs.
 
-Each trigger reads its input, makes one call into `shared.cancel`, and turns the result
-record into its answer; every request or message ends in one record on the results queue.
+Each trigger reads its input, makes one call into `shared`, and turns the result records into
+its answer; every request or message ends in one record per job on the results queue.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from shared.health import health
 from shared.records import ResultRecord
 
 
-
 class CancelFunctionApp(func.FunctionApp):
     """A FunctionApp that can be indexed more than once (by the host, a local runner, tests)."""
 
@@ -32,8 +31,10 @@ app = CancelFunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 MAX_DEQUEUE_COUNT = max_dequeue_count(Path(__file__).with_name("host.json"))
 
+
 class RetryLater(Exception):
     """Raised so the host makes the message visible again and retries it."""
+
 
 @app.function_name("cancel_job_http")
 @app.route(route="openai/fine_tuning/jobs/{job_id}/cancel", methods=["POST"])
@@ -45,6 +46,7 @@ def cancel_job_http(req: func.HttpRequest, results: func.Out[str]) -> func.HttpR
     )
     results.set(record.to_json())
     return _http_response(record)
+
 
 @app.function_name("cancel_job_queue")
 @app.queue_trigger(arg_name="msg", queue_name="%CANCEL_REQUESTS_QUEUE%", connection="AzureWebJobsStorage")
