@@ -68,7 +68,7 @@ def cancel_many(body: bytes) -> BulkResult:
             by_job_id[key] = rejected_record(err, Trigger.HTTP, received_at, job_id=err.job_id)
             by_job_id[key].correlation_id = correlation_id
     with ThreadPoolExecutor(max_workers=BULK_CONCURRENCY, thread_name_prefix="bulk-cancel") as pool:
-        for key, record in zip(requests, pool.map(cancel_request, requests.values())):
+        for key, record in zip(requests, pool.map(cancel_request, requests.values()), strict=True):
             by_job_id[key] = record
     records = [by_job_id[_key(raw, position)] for position, raw in enumerate(job_ids)]
     return BulkResult(200, records)
@@ -91,9 +91,9 @@ def _read_body(body: bytes) -> tuple[list[object], str | None, float]:
         raise InvalidRequest('body must be a JSON object with a "job_ids" list', target="job_ids")
     job_ids = payload["job_ids"]
     if not job_ids or len(job_ids) > MAX_JOB_IDS:
-        raise InvalidRequest(
-            f"job_ids must hold 1 to {MAX_JOB_IDS} ids; it holds {len(job_ids)}", target="job_ids"
-        )
-    return job_ids, validate_correlation_id(payload.get("correlation_id")), validate_wait_seconds(
-        payload.get("wait_seconds")
+        raise InvalidRequest(f"job_ids must hold 1 to {MAX_JOB_IDS} ids; it holds {len(job_ids)}", target="job_ids")
+    return (
+        job_ids,
+        validate_correlation_id(payload.get("correlation_id")),
+        validate_wait_seconds(payload.get("wait_seconds")),
     )

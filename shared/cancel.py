@@ -301,15 +301,23 @@ def _failure_record(request: CancelRequest, err: CancelError) -> ResultRecord:
 
 def _job_body(reply: UpstreamReply) -> dict[str, Any]:
     if not isinstance(reply.body, dict):
-        raise UnreadableBody(_unexpected_body(reply, "a fine-tuning job"), status=reply.status, request_id=reply.request_id)
+        raise UnreadableBody(
+            _unexpected_body(reply, "a fine-tuning job"), status=reply.status, request_id=reply.request_id
+        )
     return reply.body
 
 
 def _upstream_error(reply: UpstreamReply) -> dict[str, Any]:
     """Upstream's own `error` object, passed through as it came."""
     error = reply.body.get("error") if isinstance(reply.body, dict) else None
-    if not isinstance(error, dict) or not _non_empty_text(error.get("code")) or not _non_empty_text(error.get("message")):
-        raise UnreadableBody(_unexpected_body(reply, "an error response"), status=reply.status, request_id=reply.request_id)
+    if (
+        not isinstance(error, dict)
+        or not _non_empty_text(error.get("code"))
+        or not _non_empty_text(error.get("message"))
+    ):
+        raise UnreadableBody(
+            _unexpected_body(reply, "an error response"), status=reply.status, request_id=reply.request_id
+        )
     return error
 
 

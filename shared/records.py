@@ -158,9 +158,7 @@ def _parse_json_message(text: str, *, dequeue_count: int | None) -> CancelReques
     except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
         raise InvalidRequest(f"message is not valid JSON: '{shorten(text)}'", target="message") from err
     if not isinstance(message, dict) or "job_id" not in message:
-        raise InvalidRequest(
-            f"JSON message needs a \"job_id\" field: '{shorten(text)}'", target="job_id"
-        )
+        raise InvalidRequest(f"JSON message needs a \"job_id\" field: '{shorten(text)}'", target="job_id")
     raw_job_id = message["job_id"]
     job_id = validate_job_id(raw_job_id)
     try:

@@ -112,18 +112,14 @@ class Settings:
             openai_endpoint=_endpoint(AZURE_OPENAI_ENDPOINT, value(AZURE_OPENAI_ENDPOINT)),
             api_version=_matching(AZURE_OPENAI_API_VERSION, value(AZURE_OPENAI_API_VERSION), _API_VERSION),
             key_vault_url=_vault_url(KEY_VAULT_URL, value(KEY_VAULT_URL)),
-            key_secret_name=_matching(
-                AZURE_OPENAI_KEY_SECRET_NAME, value(AZURE_OPENAI_KEY_SECRET_NAME), _SECRET_NAME
-            ),
+            key_secret_name=_matching(AZURE_OPENAI_KEY_SECRET_NAME, value(AZURE_OPENAI_KEY_SECRET_NAME), _SECRET_NAME),
             secret_cache_seconds=_number(SECRET_CACHE_SECONDS, value(SECRET_CACHE_SECONDS), positive=False),
             verify_challenge_resource=_boolean(
                 KEY_VAULT_VERIFY_CHALLENGE_RESOURCE, value(KEY_VAULT_VERIFY_CHALLENGE_RESOURCE)
             ),
             requests_queue=_matching(CANCEL_REQUESTS_QUEUE, value(CANCEL_REQUESTS_QUEUE), _QUEUE_NAME),
             results_queue=_matching(CANCEL_RESULTS_QUEUE, value(CANCEL_RESULTS_QUEUE), _QUEUE_NAME),
-            upstream_timeout_seconds=_number(
-                UPSTREAM_TIMEOUT_SECONDS, value(UPSTREAM_TIMEOUT_SECONDS), positive=True
-            ),
+            upstream_timeout_seconds=_number(UPSTREAM_TIMEOUT_SECONDS, value(UPSTREAM_TIMEOUT_SECONDS), positive=True),
             upstream_max_retries=int(
                 _number(UPSTREAM_MAX_RETRIES, value(UPSTREAM_MAX_RETRIES), positive=False, integer=True)
             ),
@@ -233,8 +229,8 @@ class _SettingsCache:
 
 # The identity-based forms of the storage connection: enough to notice it appear or go.
 STORAGE_CONNECTION_SETTINGS = tuple(
-    AZURE_WEB_JOBS_STORAGE + suffix
-    for suffix in ("__accountName", "__queueServiceUri", "__serviceUri", "__blobServiceUri", "__credential", "__clientId")
+    f"{AZURE_WEB_JOBS_STORAGE}__{name}"
+    for name in ("accountName", "queueServiceUri", "serviceUri", "blobServiceUri", "credential", "clientId")
 )
 _SNAPSHOT_NAMES = (*SETTING_NAMES, *SDK_ENVIRONMENT, *STORAGE_CONNECTION_SETTINGS)
 

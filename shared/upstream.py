@@ -105,7 +105,11 @@ class UpstreamClient:
                 )
                 logger.info(
                     "%s %s attempt %d: status %d, request id %s",
-                    method, path, retries_so_far + 1, reply.status, reply.request_id,
+                    method,
+                    path,
+                    retries_so_far + 1,
+                    reply.status,
+                    reply.request_id,
                 )
             wait = advised if advised is not None else backoff_seconds(retries_so_far)
             failure.retry_after = wait
