@@ -5,12 +5,13 @@ host itself (Core Tools cannot be installed here). It reads the functions, trigg
 bindings from the app object, serves HTTP triggers on `http://127.0.0.1:7071/<routePrefix>/...`
 with function keys, and polls queue triggers with host.json's queue semantics: message
 encoding, batch size and new-batch threshold, polling back-off, visibility timeout after a
-failure, dequeue count, `<queue>-poison` once the count reaches maxDequeueCount. Output bindings
-are written, and a trigger message deleted, only when the function returns normally.
+failure, dequeue count, `<queue>-poison` once the count reaches maxDequeueCount, a processing
+lease renewed while the function runs. Output bindings are written, and a trigger message deleted,
+only when the function returns normally; storage calls are retried while storage is unreachable.
 
 Supported bindings: httpTrigger with its http output (`$return`), queueTrigger and queue outputs.
-Not mirrored: functionTimeout (a Python thread cannot be stopped), renewal of a message's
-10-minute processing lease, identity-based storage connections, `func.Context` parameters.
+Not mirrored: functionTimeout (a Python thread cannot be stopped), identity-based storage
+connections, `func.Context` parameters.
 
     python -m devstack.runner --port 7071 --function-key KEY   # environment = app settings
 """
@@ -75,7 +76,7 @@ HOST_DEFAULT_BATCH_SIZE = 16
 HOST_DEFAULT_MAX_POLLING_INTERVAL = 60.0
 MIN_POLLING_INTERVAL = 0.1  # the host polls this often right after it found messages
 MAX_BATCH_SIZE = 32  # the storage service's limit for one Get Messages call
-PROCESSING_LEASE_SECONDS = 600  # the host hides a message for 10 minutes while a function runs
+PROCESSING_LEASE_SECONDS = 600  # the host hides a message for 10 minutes while a function runs, renewed halfway
 STOP_GRACE_SECONDS = 30.0  # how long stop() waits for running queue invocations
 # Storage calls are retried by the runner, not by the SDK (whose retries wait 15 s and more), so a
 # storage restart costs seconds: waits from 0.1 s doubling to 2 s, for at most STORAGE_RETRY_SECONDS.
@@ -740,6 +741,21 @@ def write_outputs(
 # --- queue triggers -------------------------------------------------------------------------------
 
 
+class _Lease:
+    """A received message while its function runs: its current pop receipt, renewed halfway through the lease.
+
+    Each storage call on the message changes its pop receipt, so they are made one at a time (`lock`).
+    """
+
+    def __init__(self, message: Any, seconds: float) -> None:
+        self.message = message
+        self.pop_receipt: str = message.pop_receipt
+        self.seconds = seconds
+        self.renew_at = time.monotonic() + seconds / 2
+        self.lock = threading.Lock()
+        self.held = True  # False once the message is being settled, or the lease was lost
+
+
 class QueueListener:
     """Polls one queue trigger's queue and runs its messages in a thread pool, as the host's queue listener does."""
 
@@ -751,11 +767,15 @@ class QueueListener:
         queues: QueueClients,
         visibility_timeout: float,
         max_polling_interval: float,
+        processing_lease: float = PROCESSING_LEASE_SECONDS,
     ) -> None:
         self.function = function
         self._host = host
         self._queues = queues
         self._visibility_timeout = visibility_timeout
+        self._lease_seconds = max(int(round(processing_lease)), 2)
+        self._leases: dict[str, _Lease] = {}
+        self._leases_lock = threading.Lock()
         self._max_polling_interval = max(max_polling_interval, MIN_POLLING_INTERVAL)
         self._queue = queues.queue(function.trigger_connection_string, function.trigger_queue)
         self._poison_name = f"{function.trigger_queue}-poison"
@@ -765,11 +785,13 @@ class QueueListener:
         self._slots = threading.Condition()
         self._running = 0
         self._thread = threading.Thread(target=self._poll_loop, name=f"listener-{function.name}", daemon=True)
+        self._renewer = threading.Thread(target=self._renew_loop, name=f"leases-{function.name}", daemon=True)
         self._missing_queue_reported = False
         self._failed_polls = 0
 
     def start(self) -> None:
         self._thread.start()
+        self._renewer.start()
 
     def stop(self, grace: float) -> None:
         """Stop polling, then wait up to `grace` seconds for running invocations."""
@@ -821,7 +843,7 @@ class QueueListener:
             pages = self._queue.receive_messages(
                 messages_per_page=self._host.batch_size,
                 max_messages=self._host.batch_size,
-                visibility_timeout=PROCESSING_LEASE_SECONDS,
+                visibility_timeout=self._lease_seconds,
             )
             messages = list(pages)
         except ResourceNotFoundError:
@@ -850,10 +872,11 @@ class QueueListener:
     def _process(self, message: Any) -> None:
         """One message: invoke, then delete (success), hide for visibilityTimeout, or move to the poison queue."""
         function = self.function
+        lease = self._hold(message)
         try:
             if message.dequeue_count > self._host.max_dequeue_count:
                 # A message that failed its last attempt without being moved (the runner stopped).
-                self._move_to_poison(message)
+                self._move_to_poison(message, self._settle(lease))
                 return
             reason = f"New queue message detected on '{function.trigger_queue}'."
             try:
@@ -871,17 +894,69 @@ class QueueListener:
                         self._queues, function, outputs, base64_encode=self._host.message_encoding == "base64"
                     )
             except Exception:  # noqa: BLE001 - logged by _invocation_log; the message's fate follows
-                self._after_failure(message)
+                self._after_failure(message, self._settle(lease))
                 return
-            self._delete(message)
+            self._delete(message, self._settle(lease))
         except Exception:  # noqa: BLE001 - a storage failure here leaves the message to reappear after its lease
             logger.exception("Could not settle message %s on queue '%s'", message.id, function.trigger_queue)
+        finally:
+            self._settle(lease)
 
-    def _delete(self, message: Any) -> None:
+    def _hold(self, message: Any) -> _Lease:
+        lease = _Lease(message, self._lease_seconds)
+        with self._leases_lock:
+            self._leases[message.id] = lease
+        return lease
+
+    def _settle(self, lease: _Lease) -> str:
+        """Stop renewing a message's lease; return its current pop receipt, for the call that settles it."""
+        with lease.lock:
+            lease.held = False
+            pop_receipt = lease.pop_receipt
+        with self._leases_lock:
+            self._leases.pop(lease.message.id, None)
+        return pop_receipt
+
+    def _renew_loop(self) -> None:
+        """Renew the lease of each message whose function still runs, halfway through it (as the host does)."""
+        tick = min(1.0, self._lease_seconds / 4)
+        while not self._queues.closing.wait(tick):
+            if self._stop.is_set() and not self._leases:
+                return
+            now = time.monotonic()
+            with self._leases_lock:
+                due = [lease for lease in self._leases.values() if lease.renew_at <= now]
+            for lease in due:
+                self._renew(lease)
+
+    def _renew(self, lease: _Lease) -> None:
+        message = lease.message
+        with lease.lock:
+            if not lease.held:
+                return
+            try:
+                renewed = self._queues.retrying(
+                    lambda: self._queue.update_message(message.id, lease.pop_receipt, visibility_timeout=lease.seconds),
+                    what=f"Renewing the lease of message {message.id}",
+                )
+            except ResourceNotFoundError:
+                # The lease ran out (storage was away too long) or a renewal's answer was lost: the
+                # message will be delivered again, and its delete here will find it gone.
+                lease.held = False
+                logger.warning("Message %s: its lease was lost; it will be delivered again", message.id)
+                return
+            except Exception as err:  # noqa: BLE001 - tried again on the next tick, while the lease lasts
+                logger.warning("Renewing the lease of message %s failed: %s", message.id, _first_line(err))
+                lease.renew_at = time.monotonic() + 1.0
+                return
+            lease.pop_receipt = renewed.pop_receipt
+            lease.renew_at = time.monotonic() + lease.seconds / 2
+
+    def _delete(self, message: Any, pop_receipt: str) -> None:
         """Delete a settled message, retrying while storage is away; one already gone counts as deleted."""
         try:
             self._queues.retrying(
-                lambda: self._queue.delete_message(message.id, message.pop_receipt),
+                lambda: self._queue.delete_message(message.id, pop_receipt),
                 what=f"Deleting message {message.id}",
             )
         except ResourceNotFoundError:
@@ -909,14 +984,14 @@ class QueueListener:
             pop_receipt=message.pop_receipt,
         )
 
-    def _after_failure(self, message: Any) -> None:
+    def _after_failure(self, message: Any, pop_receipt: str) -> None:
         if message.dequeue_count >= self._host.max_dequeue_count:
-            self._move_to_poison(message)
+            self._move_to_poison(message, pop_receipt)
             return
         try:
             self._queues.retrying(
                 lambda: self._queue.update_message(
-                    message.id, message.pop_receipt, visibility_timeout=int(round(self._visibility_timeout))
+                    message.id, pop_receipt, visibility_timeout=int(round(self._visibility_timeout))
                 ),
                 what=f"Making message {message.id} visible again",
             )
@@ -925,14 +1000,14 @@ class QueueListener:
             # way the message becomes visible again by itself.
             logger.info("Message %s: its visibility was already changed", message.id)
 
-    def _move_to_poison(self, message: Any) -> None:
+    def _move_to_poison(self, message: Any, pop_receipt: str) -> None:
         logger.warning(
             "Message has reached MaxDequeueCount of %d. Moving message to queue '%s'.",
             self._host.max_dequeue_count,
             self._poison_name,
         )
         self._queues.send(self.function.trigger_connection_string, self._poison_name, message.content)
-        self._delete(message)
+        self._delete(message, pop_receipt)
 
 
 # --- the runner -----------------------------------------------------------------------------------
@@ -972,7 +1047,8 @@ class FunctionsRunner:
 
     `settings` are app settings laid over os.environ while the runner runs (the app reads os.environ;
     one such runner per process at a time). `visibility_timeout` and `max_polling_interval` override
-    host.json's values: a test knob, so a retry test does not wait 30 s per attempt.
+    host.json's values: a test knob, so a retry test does not wait 30 s per attempt. `processing_lease`
+    (the host's: 600 s) is one too: how long messages whose receive answer was lost stay hidden.
     """
 
     def __init__(
@@ -986,6 +1062,7 @@ class FunctionsRunner:
         function_key: str = DEFAULT_FUNCTION_KEY,
         visibility_timeout: float | None = None,
         max_polling_interval: float | None = None,
+        processing_lease: float = PROCESSING_LEASE_SECONDS,
     ) -> None:
         if not function_key:
             raise RunnerError("the function key must not be empty")
@@ -1000,6 +1077,7 @@ class FunctionsRunner:
         self._max_polling_interval = (
             host_settings.max_polling_interval if max_polling_interval is None else max_polling_interval
         )
+        self._processing_lease = processing_lease
         self._queues = QueueClients()
         self._server: BackgroundServer | None = None
         self._listeners: list[QueueListener] = []
@@ -1047,6 +1125,7 @@ class FunctionsRunner:
                     queues=self._queues,
                     visibility_timeout=self._visibility_timeout,
                     max_polling_interval=self._max_polling_interval,
+                    processing_lease=self._processing_lease,
                 )
                 for function in self.functions
                 if function.trigger_type == "queueTrigger"
@@ -1126,6 +1205,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="SECONDS",
         help="test knob: overrides host.json's maxPollingInterval",
     )
+    parser.add_argument(
+        "--processing-lease",
+        type=float,
+        default=PROCESSING_LEASE_SECONDS,
+        metavar="SECONDS",
+        help="test knob: how long a received message stays hidden, renewed halfway (the host's: 600)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -1146,6 +1232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             function_key=args.function_key,
             visibility_timeout=args.visibility_timeout,
             max_polling_interval=args.max_polling_interval,
+            processing_lease=args.processing_lease,
         ).start()
     except (RunnerError, OSError) as err:
         print(f"runner: {err}", file=sys.stderr, flush=True)
