@@ -173,6 +173,33 @@ class ChildProcess:
         self.process = None
 
 
+def runner_process(
+    *, log_path: Path, env: Mapping[str, str], port: int = 0, options: Sequence[str] = ()
+) -> ChildProcess:
+    """The Functions runner (`python -m devstack.runner`) on `function_app.py` as a child process, not started yet.
+
+    `env` holds the app settings; `options` are more runner options (`--visibility-timeout 1`, ...).
+    Its ready line carries the URLs as JSON: `json.loads(runner.wait_ready().group(1))["api_url"]`.
+    """
+    return ChildProcess(
+        "Functions runner",
+        [
+            sys.executable,
+            "-u",
+            "-m",
+            "devstack.runner",
+            "--app-dir",
+            str(REPO_ROOT),
+            "--port",
+            str(port),
+            *options,
+        ],
+        log_path=log_path,
+        ready=re.compile(_JSON_READY.format("runner")),
+        env=env,
+    )
+
+
 class Azurite:
     """Azurite's queue service from node_modules, data in a temporary folder that stop() removes."""
 
@@ -362,21 +389,8 @@ class LocalStack:
             "CANCEL_RESULTS_QUEUE": self.results_queue,
             FUNCTION_KEY_ENV: self.function_key,
         }
-        self.runner = ChildProcess(
-            "Functions runner",
-            [
-                sys.executable,
-                "-u",
-                "-m",
-                "devstack.runner",
-                "--app-dir",
-                str(REPO_ROOT),
-                "--port",
-                str(self._runner_port),
-            ],
-            log_path=self.log_dir / "runner.log",
-            ready=re.compile(_JSON_READY.format("runner")),
-            env={**os.environ, **settings},
+        self.runner = runner_process(
+            log_path=self.log_dir / "runner.log", env={**os.environ, **settings}, port=self._runner_port
         ).start()
         functions_url = json.loads(self.runner.wait_ready().group(1))["api_url"]
         self._report(f"Functions runner        {functions_url}")
