@@ -19,7 +19,7 @@ REJECTED_TEXT_MAX_LENGTH = 200
 SCHEMA_VERSION = 1
 
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")  # use with fullmatch
-_DECIMAL = re.compile(r"[0-9]{1,16}(\.[0-9]{1,16})?")  # use with fullmatch
+_DECIMAL = re.compile(r"-?[0-9]{1,16}(\.[0-9]{1,32})?([eE][+-]?[0-9]{1,4})?")  # JSON number syntax; fullmatch
 _BASE64_TEXT = re.compile(r"[A-Za-z0-9+/]+={0,2}")  # use with fullmatch
 
 
@@ -107,7 +107,8 @@ def validate_correlation_id(correlation_id: object) -> str | None:
 def validate_wait_seconds(wait_seconds: object) -> float:
     """Seconds to wait for the job to reach a final state after a cancel: 0 (absent) to 120.
 
-    A JSON number, or in a query string plain ASCII digits with an optional fraction.
+    A JSON number, or in a query string a number in JSON's syntax (ASCII digits, optional
+    fraction and exponent; no spaces, underscores or other scripts' digits).
     """
     if wait_seconds is None or wait_seconds == "":
         return 0.0

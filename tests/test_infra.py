@@ -78,6 +78,7 @@ NOT_APP_SETTINGS = {
     "MSI_ENDPOINT",
     "MSI_SECRET",
     "REQUESTS_CA_BUNDLE",  # local emulators' TLS only
+    "CURL_CA_BUNDLE",  # requests' fallback name for the same
     "SSL_CERT_FILE",
 }
 

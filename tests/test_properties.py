@@ -259,10 +259,11 @@ def assert_one_answer_and_record(call: Any, simulator: FineTuningSimulator) -> d
 
 
 def _in_wait_range(wait_seconds: str | None) -> bool:
-    """A query's wait_seconds is accepted when it is plain ASCII decimal from 0 to 120 (no sign, exponent, spaces)."""
+    """A query's wait_seconds is accepted when it is a number in JSON's syntax from 0 to 120 (no spaces, no '_')."""
     if not wait_seconds:
         return True
-    return bool(re.fullmatch(r"[0-9]+(\.[0-9]+)?", wait_seconds)) and float(wait_seconds) <= MAX_WAIT_SECONDS
+    json_number = re.fullmatch(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?", wait_seconds)
+    return bool(json_number) and 0 <= float(wait_seconds) <= MAX_WAIT_SECONDS
 
 
 # --- the queue trigger ----------------------------------------------------------------------------------------
