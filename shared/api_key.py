@@ -84,10 +84,17 @@ class ApiKeySource:
         value = self._value
         if value is not None and not force_fetch and self._clock() < self._expires_at:
             return value
-        with self._lock:
+        stale_allowed = value is not None and not force_fetch
+        if not self._lock.acquire(blocking=not stale_allowed):
+            # Another caller is reading Key Vault: the expired key serves meanwhile, rather than
+            # every invocation queueing behind a read that may take seconds while the vault is down.
+            return value  # type: ignore[return-value]
+        try:
             if not force_fetch and self._value is not None and self._clock() < self._expires_at:
                 return self._value  # another caller read it while we waited
             return self._fetch(allow_stale=not force_fetch)
+        finally:
+            self._lock.release()
 
     def refresh(self, *, refused: str) -> str:
         """A key other than `refused`: re-reads Key Vault unless another caller already has."""

@@ -53,6 +53,25 @@ def test_key_vault_outage_with_a_cached_key_keeps_cancelling(
     vault.set_available(True)
 
 
+def test_during_a_slow_key_vault_read_other_invocations_use_the_expired_key(
+    simulator: FineTuningSimulator, vault: KeyVaultEmulator, call_http, monkeypatch
+) -> None:
+    monkeypatch.setenv("SECRET_CACHE_SECONDS", "0.2")
+    call_http(simulator.create_job()["id"])
+    vault.set_available(False)  # each read now spends the SDK's retries before it gives up
+    time.sleep(0.3)
+    api_keys = current_service().api_keys
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        reader = pool.submit(call_http, simulator.create_job()["id"])
+        while api_keys.reads == 1 and not reader.done():  # until the reader is inside its Key Vault read
+            time.sleep(0.005)
+        others = [call_http(simulator.create_job()["id"]) for _ in range(5)]
+        first = reader.result()
+    assert [c.response.status_code for c in others] == [200] * 5 and first.response.status_code == 200
+    assert max(c.record["completed_at"] for c in others) < first.record["completed_at"]
+    vault.set_available(True)
+
+
 def test_key_vault_outage_without_a_cached_key_is_503(
     simulator: FineTuningSimulator, vault: KeyVaultEmulator, call_http
 ) -> None:
