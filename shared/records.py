@@ -19,7 +19,7 @@ REJECTED_TEXT_MAX_LENGTH = 200
 SCHEMA_VERSION = 1
 
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")  # use with fullmatch
-_DECIMAL = re.compile(r"-?[0-9]{1,16}(\.[0-9]{1,32})?([eE][+-]?[0-9]{1,4})?")  # JSON number syntax; fullmatch
+_JSON_NUMBER = re.compile(r"-?[0-9]{1,16}(\.[0-9]{1,32})?([eE][+-]?[0-9]{1,4})?")  # JSON number syntax; fullmatch
 _BASE64_TEXT = re.compile(r"[A-Za-z0-9+/]+={0,2}")  # use with fullmatch
 
 
@@ -113,7 +113,7 @@ def validate_wait_seconds(wait_seconds: object) -> float:
     if wait_seconds is None or wait_seconds == "":
         return 0.0
     seconds = -1.0
-    if isinstance(wait_seconds, str) and _DECIMAL.fullmatch(wait_seconds):
+    if isinstance(wait_seconds, str) and _JSON_NUMBER.fullmatch(wait_seconds):
         seconds = float(wait_seconds)
     elif isinstance(wait_seconds, (int, float)) and not isinstance(wait_seconds, bool):
         try:
