@@ -29,11 +29,11 @@ def test_50_concurrent_invocations_with_a_cold_cache_read_key_vault_once(
 def test_cached_key_is_used_until_it_expires(
     simulator: FineTuningSimulator, vault: KeyVaultEmulator, call_http, monkeypatch
 ) -> None:
-    monkeypatch.setenv("SECRET_CACHE_SECONDS", "0.3")
+    monkeypatch.setenv("SECRET_CACHE_SECONDS", "1")
     call_http(simulator.create_job()["id"])
     call_http(simulator.create_job()["id"])
     assert vault.read_count() == 1
-    time.sleep(0.4)
+    time.sleep(1.1)
     call_http(simulator.create_job()["id"])
     assert vault.read_count() == 2
 
@@ -49,7 +49,7 @@ def test_key_vault_outage_with_a_cached_key_keeps_cancelling(
         calls = [call_http(simulator.create_job()["id"]) for _ in range(3)]
     assert [c.response.status_code for c in calls] == [200, 200, 200]
     warnings = [r for r in caplog.records if r.name == "shared.api_key"]
-    assert len(warnings) == 1 and "using the api-key read earlier" in warnings[0].getMessage()
+    assert warnings and all("using the api-key read earlier" in w.getMessage() for w in warnings)
     vault.set_available(True)
 
 

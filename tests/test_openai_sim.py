@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socketserver
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ import pytest
 import requests
 
 from devstack import spec
-from devstack._http import read_ready_line
+from devstack._http import QuietHandler, read_ready_line
 from devstack.openai_sim import FineTuningSimulator
 
 KEY = "sim-test-key-0123456789"
@@ -575,14 +576,24 @@ def test_request_log_can_be_off() -> None:
         assert simulator.counts == {("GET", "list"): 1}
 
 
-def test_keep_alive_has_no_nagle_stall(sim: FineTuningSimulator, http: requests.Session) -> None:
-    """50 sequential requests on one connection take far less than 50 x 40 ms (delayed-ACK stall)."""
+def test_keep_alive_responses_are_one_write_on_a_no_delay_socket(
+    sim: FineTuningSimulator, http: requests.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No delayed-ACK stall on keep-alive: TCP_NODELAY, and each response leaves in one write."""
     job = sim.create_job()
     call(http, sim, "GET", JOBS + "/" + job["id"])  # open the connection
-    started = time.perf_counter()
-    for _ in range(50):
+    writes: list[int] = []
+    original = socketserver._SocketWriter.write  # the handler's wfile when wbufsize is 0
+
+    def counting_write(self: Any, data: bytes) -> int:
+        writes.append(len(data))
+        return original(self, data)
+
+    monkeypatch.setattr(socketserver._SocketWriter, "write", counting_write)
+    for _ in range(5):
         assert call(http, sim, "GET", JOBS + "/" + job["id"]).status_code == 200
-    assert time.perf_counter() - started < 1.0
+    assert len(writes) == 5 and min(writes) > 200  # status line, headers and body together
+    assert QuietHandler.disable_nagle_algorithm is True
 
 
 def test_stop_is_prompt_and_closes_keep_alive_connections(http: requests.Session) -> None:
