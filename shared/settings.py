@@ -104,7 +104,7 @@ class Settings:
                 return SETTING_DEFAULTS[name]
             raise SettingsError(name, "is required but not set")
 
-        if not value_of_storage_connection(environ):
+        if not _storage_connection_is_set(environ):
             raise SettingsError(
                 AZURE_WEB_JOBS_STORAGE,
                 "is required but not set (nor identity-based AzureWebJobsStorage__* settings)",
@@ -130,7 +130,7 @@ class Settings:
         )
 
 
-def value_of_storage_connection(environ: Mapping[str, str]) -> bool:
+def _storage_connection_is_set(environ: Mapping[str, str]) -> bool:
     """Whether the host's storage connection is configured, by string or by identity."""
     if environ.get(AZURE_WEB_JOBS_STORAGE, "").strip():
         return True
