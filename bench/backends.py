@@ -1,6 +1,7 @@
-"""What every case runs against: the fine-tuning simulator in a process of its own, and Key Vault.
+"""What every case runs against: the fine-tuning simulator in a process of its own, Key Vault and Azurite.
 
-The simulator is `python -m devstack.openai_sim` with its request log off. The Key Vault
+The simulator is `python -m devstack.openai_sim` with its request log off. Azurite takes the
+records the app writes (one queue message per cancel, as in Azure). The Key Vault
 emulator (and its managed-identity endpoint) serves from threads of the benchmark's own
 process, which only waits while a case's worker process runs, so its read counter can be
 asked directly. `child_environ()` is the app settings of CONTRACT section 1 pointed at both.
@@ -17,6 +18,7 @@ from typing import Self
 from bench import load
 from devstack._http import read_ready_line
 from devstack.keyvault_emulator import KeyVaultEmulator
+from devstack.stack import Azurite
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key-6a1f0d93c2e84b7e9f51a3c7d2b8e046"
@@ -33,6 +35,7 @@ class Backends:
         self._workdir = workdir
         self._simulator: subprocess.Popen[str] | None = None
         self.vault = KeyVaultEmulator(workdir=workdir / "vault")
+        self.azurite = Azurite(log_path=workdir / "azurite.log")
         self.endpoint = ""
         self.port = 0
 
@@ -49,6 +52,7 @@ class Backends:
             self.endpoint, self.port = ready["AZURE_OPENAI_ENDPOINT"], int(ready["port"])
             self.vault.start()
             self.vault.set_secret(SECRET_NAME, API_KEY)
+            self.azurite.start().wait_ready()
         except BaseException:
             self.__exit__()
             raise
@@ -56,6 +60,7 @@ class Backends:
 
     def __exit__(self, *exc: object) -> None:
         self.vault.stop()
+        self.azurite.stop()
         if self._simulator is not None and self._simulator.poll() is None:
             self._simulator.terminate()
             try:
@@ -86,7 +91,7 @@ class Backends:
             {
                 "AZURE_OPENAI_ENDPOINT": self.endpoint,
                 "AZURE_OPENAI_KEY_SECRET_NAME": SECRET_NAME,
-                "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+                "AzureWebJobsStorage": self.azurite.connection_string,
                 "PYTHONPATH": str(REPO),
                 **overrides,
             }

@@ -1,16 +1,16 @@
 """Bulk cancel: many job ids in one request, cancelled with bounded concurrency.
 
 A repeated id is cancelled once and reported at each of its positions; every invalid id gets
-its own `rejected` record; the body itself must be a JSON object with a `job_ids` list.
+its own `rejected` record; the body itself must be a JSON object with a `job_ids` list. The
+cancels share one time budget, and `wait_seconds` bounds the waiting of all of them together.
 """
 
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from shared.cancel import cancel_request, rejected_record
+from shared.cancel import cancel_requests, rejected_record
 from shared.records import (
     CancelRequest,
     InvalidRequest,
@@ -67,9 +67,8 @@ def cancel_many(body: bytes) -> BulkResult:
         except InvalidRequest as err:
             by_job_id[key] = rejected_record(err, Trigger.HTTP, received_at, job_id=err.job_id)
             by_job_id[key].correlation_id = correlation_id
-    with ThreadPoolExecutor(max_workers=BULK_CONCURRENCY, thread_name_prefix="bulk-cancel") as pool:
-        for key, record in zip(requests, pool.map(cancel_request, requests.values()), strict=True):
-            by_job_id[key] = record
+    cancelled = cancel_requests(list(requests.values()), wait_seconds=wait_seconds, concurrency=BULK_CONCURRENCY)
+    by_job_id.update(zip(requests, cancelled, strict=True))
     records = [by_job_id[_key(raw, position)] for position, raw in enumerate(job_ids)]
     return BulkResult(200, records)
 
@@ -81,8 +80,8 @@ def _key(raw: object, position: int) -> object:
 
 def _read_body(body: bytes) -> tuple[list[object], str | None, float]:
     try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
+        payload = json.loads(body.decode("utf-8-sig"))  # a leading byte order mark is ignored
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError  # RecursionError: nested too deeply
         raise InvalidRequest(
             f"body must be a JSON object like {{\"job_ids\": [...]}}: '{shorten(body.decode('utf-8', 'replace'))}'",
             target="body",

@@ -14,7 +14,8 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from shared.records import (
     validate_job_id,
     validate_wait_seconds,
 )
+from shared.results_queue import RecordNotWritten, results_queue
 from shared.settings import Settings, SettingsError, load_settings
 from shared.upstream import CallTrace, UpstreamClient, UpstreamReply
 
@@ -42,6 +44,7 @@ TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 FIRST_POLL_DELAY = 0.5  # waiting for a cancel to take: GET after 0.5 s, 1 s, 2 s ... 5 s apart
 MAX_POLL_DELAY = 5.0
 MISCONFIGURED_RETRY_AFTER_SECONDS = 30
+MAX_REQUEST_SECONDS = 200  # a whole request: Azure's front end drops an HTTP request after 230 s
 DEFAULT_MAX_DEQUEUE_COUNT = 5  # the host's own default when host.json sets none
 
 
@@ -59,26 +62,28 @@ class CancelService:
         )
         self.upstream = UpstreamClient(settings, sleep=sleep)
 
-    def cancel(self, request: CancelRequest) -> ResultRecord:
-        """Cancel one job and describe how it ended; never raises for an upstream or vault failure."""
+    def cancel(self, request: CancelRequest, *, deadline: float | None = None) -> ResultRecord:
+        """Cancel one job and describe how it ended; never raises for an upstream or vault failure.
+
+        `deadline` (monotonic) ends the cancel sooner than `UPSTREAM_DEADLINE_SECONDS` would, for a
+        request that cancels many jobs within one time budget.
+        """
         trace = CallTrace()
-        deadline = time.monotonic() + self.settings.upstream_deadline_seconds
+        own_deadline = time.monotonic() + self.settings.upstream_deadline_seconds
+        deadline = own_deadline if deadline is None else min(deadline, own_deadline)
         try:
             record = self._cancel(request, trace, deadline)
         except CancelError as err:
             record = _failure_record(request, err)
-        if request.wait_seconds > 0:
-            self._wait_until_final(record, request.wait_seconds, trace)
         record.attempts = trace.attempts
         record.upstream_request_id = trace.upstream_request_id
-        _log_end(record)
         return record
 
     def _cancel(self, request: CancelRequest, trace: CallTrace, deadline: float) -> ResultRecord:
         job_id = request.job_id
         reply = self._with_api_key(lambda key: self.upstream.cancel_job(job_id, key, deadline=deadline, trace=trace))
         if 200 <= reply.status < 300:
-            return _record(request, Outcome.CANCELLED, 200, job=_job_body(reply))
+            return _record(request, Outcome.CANCELLED, 200, job=_job_body(reply, job_id))
         if reply.status >= 500:  # 501, 505 ...: not retried here (section 6), but still a 503 (section 3)
             raise RetryableStatus(
                 f"Azure OpenAI answered {reply.status}", status=reply.status, request_id=reply.request_id, retry_after=1
@@ -86,7 +91,7 @@ class CancelService:
         if reply.status in (400, 409):
             # Upstream refuses to cancel a finished job; a GET says whether that is the reason.
             current = self._with_api_key(lambda key: self.upstream.get_job(job_id, key, deadline=deadline, trace=trace))
-            job = current.body if current.status == 200 and isinstance(current.body, dict) else None
+            job = current.body if current.status == 200 and is_job(current.body, job_id) else None
             state = job.get("status") if job else None
             if state == "cancelled":
                 return _record(request, Outcome.ALREADY_TERMINAL, 200, job=job)
@@ -99,28 +104,45 @@ class CancelService:
                 return _record(request, Outcome.ALREADY_TERMINAL, 409, job=job, error=error)
         return _record(request, Outcome.FAILED, reply.status, error=_upstream_error(reply))
 
-    def _wait_until_final(self, record: ResultRecord, wait_seconds: float, trace: CallTrace) -> None:
-        """Poll GET .../jobs/{id} with backoff until the job is final or the wait is over."""
+    def wait_until_final(
+        self, records: Sequence[ResultRecord], until: float, *, map_calls: Callable[..., Iterable[Any]] = map
+    ) -> None:
+        """Poll every cancelled job that is not final yet, all in the same rounds, until `until` (monotonic).
+
+        Rounds are 0.5 s, 1 s, 2 s ... 5 s apart; `map_calls` may poll a round's jobs in parallel. Each
+        record's `waited_seconds` is how long its job was waited for.
+        """
         started = time.monotonic()
-        until = started + wait_seconds
+        pending = [record for record in records if _still_running(record)]
         delay = FIRST_POLL_DELAY
-        while (
-            record.outcome is Outcome.CANCELLED
-            and (record.job or {}).get("status") not in TERMINAL_STATES
-            and time.monotonic() + delay < until
-        ):
+        while pending and time.monotonic() + delay < until:
             self._sleep(delay)
             delay = min(delay * 2, MAX_POLL_DELAY)
-            try:
-                reply = self._with_api_key(
-                    lambda key: self.upstream.get_job(record.job_id or "", key, deadline=until, trace=trace)
-                )
-            except CancelError as err:
-                logger.info("waiting for %s: GET failed (%s); still waiting", record.job_id, err.message)
-                continue
-            if reply.status == 200 and isinstance(reply.body, dict):
-                record.job = reply.body
-        record.waited_seconds = time.monotonic() - started
+            list(map_calls(lambda record: self._poll(record, until), pending))
+            now = time.monotonic()
+            for record in pending:
+                if not _still_running(record):
+                    record.waited_seconds = now - started
+            pending = [record for record in pending if _still_running(record)]
+        waited = time.monotonic() - started
+        still_pending = {id(record) for record in pending}
+        for record in records:
+            if record.waited_seconds is None:
+                record.waited_seconds = waited if id(record) in still_pending else 0.0
+
+    def _poll(self, record: ResultRecord, until: float) -> None:
+        """One GET of the record's job; the record takes the job only when the answer is that job."""
+        job_id = record.job_id or ""
+        trace = CallTrace()
+        try:
+            reply = self._with_api_key(lambda key: self.upstream.get_job(job_id, key, deadline=until, trace=trace))
+        except CancelError as err:
+            logger.info("waiting for %s: GET failed (%s); still waiting", job_id, err.message)
+            reply = None
+        record.attempts += trace.attempts
+        record.upstream_request_id = trace.upstream_request_id or record.upstream_request_id
+        if reply is not None and reply.status == 200 and is_job(reply.body, job_id):
+            record.job = reply.body
 
     def _with_api_key(self, call: Callable[[str], UpstreamReply]) -> UpstreamReply:
         """Make the call; on 401/403 read the key again from Key Vault and retry once."""
@@ -149,13 +171,14 @@ def cancel_from_http(job_id: object, correlation_id: object, wait_seconds: objec
             job_id=validate_job_id(job_id),
             trigger=Trigger.HTTP,
             correlation_id=validate_correlation_id(correlation_id),
-            wait_seconds=validate_wait_seconds(wait_seconds),
+            wait_seconds=validate_wait_seconds(wait_seconds, from_query=True),
             received_at=received_at,
         )
     except InvalidRequest as err:
         readable_job_id = err.job_id if err.target == "job_id" else str(job_id)
         return rejected_record(err, Trigger.HTTP, received_at, job_id=readable_job_id)
-    return cancel_request(request)
+    [record] = cancel_requests([request], wait_seconds=request.wait_seconds)
+    return record
 
 
 def cancel_from_queue(body: bytes, *, dequeue_count: int | None, message_id: str | None = None) -> ResultRecord:
@@ -171,7 +194,30 @@ def cancel_from_queue(body: bytes, *, dequeue_count: int | None, message_id: str
         return rejected_record(
             err, Trigger.QUEUE, received_at, job_id=err.job_id, dequeue_count=dequeue_count, request_id=message_id
         )
-    return cancel_request(request)
+    [record] = cancel_requests([request], wait_seconds=request.wait_seconds)
+    return record
+
+
+class RetryLater(Exception):
+    """Raised from the queue trigger so the host makes the message visible again and retries it."""
+
+
+def handle_queue_message(
+    body: bytes, *, dequeue_count: int | None, message_id: str | None, max_dequeue_count: int
+) -> ResultRecord:
+    """One message of the request queue, ended in one record on the results queue, or `RetryLater`.
+
+    Retryable failures before the last delivery raise (no record); so does a record the results queue
+    would not take, since the message's next delivery will write it (a cancelled job cancels again safely).
+    """
+    record = cancel_from_queue(body, dequeue_count=dequeue_count, message_id=message_id)
+    attempt = f"message {message_id} attempt {dequeue_count} of {max_dequeue_count}"
+    if should_retry_message(record, dequeue_count=dequeue_count, max_dequeue_count=max_dequeue_count):
+        raise RetryLater(f"{attempt}: {record.error['message'] if record.error else record.outcome.value}")
+    not_written = write_records([record])
+    if not_written is not None:
+        raise RetryLater(f"{attempt}: {not_written.message}") from not_written
+    return record
 
 
 def should_retry_message(record: ResultRecord, *, dequeue_count: int | None, max_dequeue_count: int) -> bool:
@@ -214,22 +260,57 @@ def current_service() -> CancelService:
     return _services.current()
 
 
-def cancel_request(request: CancelRequest) -> ResultRecord:
-    """Cancel one validated request with the process's service (a record even when misconfigured)."""
+def cancel_requests(
+    requests: Sequence[CancelRequest], *, wait_seconds: float, concurrency: int = 1
+) -> list[ResultRecord]:
+    """Cancel validated requests within one request's time budget, then wait for them together.
+
+    Every cancel ends by `UPSTREAM_DEADLINE_SECONDS` after the first began, and the wait that follows
+    lasts `wait_seconds` at most in all; neither runs past MAX_REQUEST_SECONDS, well inside the 230 s
+    after which Azure's front end drops an HTTP request and inside host.json's functionTimeout.
+    """
     try:
         service = current_service()
     except SettingsError as err:
-        error = {
-            "code": "serviceUnavailable",
-            "message": f"the function app is misconfigured: {err}",
-            "target": err.name,
-        }
-        record = _record(request, Outcome.FAILED, 503, error=error)
-        record.retryable = True
-        record.retry_after_seconds = MISCONFIGURED_RETRY_AFTER_SECONDS
+        return [_log_end(_misconfigured_record(request, err)) for request in requests]
+    started = time.monotonic()
+    budget_ends = started + MAX_REQUEST_SECONDS
+    deadline = min(started + service.settings.upstream_deadline_seconds, budget_ends)
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="cancel") as pool:
+        map_calls = pool.map if concurrency > 1 else map
+        records = list(map_calls(lambda request: service.cancel(request, deadline=deadline), requests))
+        if wait_seconds > 0:
+            service.wait_until_final(
+                records, min(time.monotonic() + wait_seconds, budget_ends), map_calls=map_calls
+            )
+    for record in records:
+        record.completed_at = utc_now()
         _log_end(record)
-        return record
-    return service.cancel(request)
+    return records
+
+
+def write_records(records: Iterable[ResultRecord]) -> RecordNotWritten | None:
+    """Send each record to the results queue; the first failure, if any (the others are still tried)."""
+    first_failure: RecordNotWritten | None = None
+    for record in records:
+        try:
+            results_queue().send(record.to_json())
+        except RecordNotWritten as err:
+            logger.error("record of %s (request %s) not written: %s", record.job_id, record.request_id, err.message)
+            first_failure = first_failure or err
+    return first_failure
+
+
+def _misconfigured_record(request: CancelRequest, err: SettingsError) -> ResultRecord:
+    error = {
+        "code": "serviceUnavailable",
+        "message": f"the function app is misconfigured: {err}",
+        "target": err.name,
+    }
+    record = _record(request, Outcome.FAILED, 503, error=error)
+    record.retryable = True
+    record.retry_after_seconds = MISCONFIGURED_RETRY_AFTER_SECONDS
+    return record
 
 
 def _record(
@@ -299,10 +380,19 @@ def _failure_record(request: CancelRequest, err: CancelError) -> ResultRecord:
     return record
 
 
-def _job_body(reply: UpstreamReply) -> dict[str, Any]:
-    if not isinstance(reply.body, dict):
+def is_job(body: object, job_id: str) -> bool:
+    """Whether an answer's body is the FineTuningJob asked for: its `id` is the job's, its `status` a string."""
+    return isinstance(body, dict) and body.get("id") == job_id and isinstance(body.get("status"), str)
+
+
+def _still_running(record: ResultRecord) -> bool:
+    return record.outcome is Outcome.CANCELLED and (record.job or {}).get("status") not in TERMINAL_STATES
+
+
+def _job_body(reply: UpstreamReply, job_id: str) -> dict[str, Any]:
+    if not is_job(reply.body, job_id):
         raise UnreadableBody(
-            _unexpected_body(reply, "a fine-tuning job"), status=reply.status, request_id=reply.request_id
+            _unexpected_body(reply, f"fine-tuning job {job_id}"), status=reply.status, request_id=reply.request_id
         )
     return reply.body
 
@@ -327,11 +417,12 @@ def _non_empty_text(value: object) -> bool:
 
 def _unexpected_body(reply: UpstreamReply, expected: str) -> str:
     kind = "no JSON" if reply.body is None else f"JSON {type(reply.body).__name__}"
-    content_type = reply.content_type or "no content type"
+    content_type = reply.content_type[:100] or "no content type"
     return f"Azure OpenAI answered {reply.status} with {content_type} ({kind}), not {expected}"
 
 
-def _log_end(record: ResultRecord) -> None:
+def _log_end(record: ResultRecord) -> ResultRecord:
+    """Log how the request ended: INFO, or WARNING when it failed. Returns the record."""
     logger.log(
         logging.WARNING if record.outcome is Outcome.FAILED else logging.INFO,
         "cancel %s: %s (%d) after %d upstream call(s); request %s, upstream request %s; %s",
@@ -343,3 +434,4 @@ def _log_end(record: ResultRecord) -> None:
         record.upstream_request_id,
         record.error["message"] if record.error else "ok",
     )
+    return record

@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
+from shared.record_text import fitted_record_text
+
 JOB_ID_PATTERN = re.compile(r"(ftjob|ft)-[A-Za-z0-9]{1,64}")  # use with fullmatch
 CORRELATION_ID_MAX_LENGTH = 128
 MAX_WAIT_SECONDS = 120
@@ -21,6 +23,14 @@ SCHEMA_VERSION = 1
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")  # use with fullmatch
 _JSON_NUMBER = re.compile(r"-?[0-9]{1,16}(\.[0-9]{1,32})?([eE][+-]?[0-9]{1,4})?")  # JSON number syntax; fullmatch
 _BASE64_TEXT = re.compile(r"[A-Za-z0-9+/]+={0,2}")  # use with fullmatch
+_LINE_BREAKS = re.compile(r"[\r\n]+")
+# The queue trigger's metadata. The host copies a JSON message's top-level fields over these, case-insensitively
+# (azure-functions-host src/WebJobs.Script/Utility.cs, ApplyBindingData), and the worker builds the
+# QueueMessage from them (azure-functions azure/functions/queue.py, QueueMessageInConverter.decode).
+QUEUE_METADATA_NAMES = frozenset(
+    name.lower()
+    for name in ("Id", "DequeueCount", "PopReceipt", "InsertionTime", "ExpirationTime", "NextVisibleTime", "QueueTrigger")
+)
 
 
 class Outcome(str, Enum):
@@ -104,16 +114,17 @@ def validate_correlation_id(correlation_id: object) -> str | None:
     )
 
 
-def validate_wait_seconds(wait_seconds: object) -> float:
+def validate_wait_seconds(wait_seconds: object, *, from_query: bool = False) -> float:
     """Seconds to wait for the job to reach a final state after a cancel: 0 (absent) to 120.
 
-    A JSON number, or in a query string a number in JSON's syntax (ASCII digits, optional
-    fraction and exponent; no spaces, underscores or other scripts' digits).
+    In JSON (a bulk body, a queue message) a JSON number; a string such as "5" is refused there.
+    In a query string, which is text, a number in JSON's syntax (ASCII digits, optional fraction
+    and exponent; no spaces, underscores or other scripts' digits).
     """
-    if wait_seconds is None or wait_seconds == "":
+    if wait_seconds is None or (from_query and wait_seconds == ""):
         return 0.0
     seconds = -1.0
-    if isinstance(wait_seconds, str) and _JSON_NUMBER.fullmatch(wait_seconds):
+    if from_query and isinstance(wait_seconds, str) and _JSON_NUMBER.fullmatch(wait_seconds):
         seconds = float(wait_seconds)
     elif isinstance(wait_seconds, (int, float)) and not isinstance(wait_seconds, bool):
         try:
@@ -121,23 +132,26 @@ def validate_wait_seconds(wait_seconds: object) -> float:
         except OverflowError:  # an integer beyond float range
             seconds = -1.0
     if not 0 <= seconds <= MAX_WAIT_SECONDS:
-        raise InvalidRequest(f"wait_seconds must be a number from 0 to {MAX_WAIT_SECONDS}", target="wait_seconds")
+        kind = "a number" if from_query else "a JSON number (not a string)"
+        raise InvalidRequest(f"wait_seconds must be {kind} from 0 to {MAX_WAIT_SECONDS}", target="wait_seconds")
     return seconds
 
 
 def parse_queue_message(body: bytes, *, dequeue_count: int | None, request_id: str | None = None) -> CancelRequest:
     """Read a queue message body: a bare job id or a JSON object, either optionally base64-encoded.
 
+    A leading UTF-8 byte order mark is ignored, and base64 may be wrapped over lines (GNU `base64`, MIME).
     Raises `InvalidRequest` carrying whatever job id could be read, for the rejected record.
     """
     try:
-        text = body.decode("utf-8").strip()
+        text = body.decode("utf-8-sig").strip()
     except UnicodeDecodeError as err:
         raise InvalidRequest(
             f"message is not UTF-8 text: '{shorten(body.decode('utf-8', 'replace'))}'", target="message"
         ) from err
-    if _BASE64_TEXT.fullmatch(text):  # base64 text holds neither "-" nor "{": unambiguous
-        text = _base64_decoded(text) or text
+    unwrapped = _LINE_BREAKS.sub("", text)
+    if _BASE64_TEXT.fullmatch(unwrapped):  # base64 text holds neither "-" nor "{": unambiguous
+        text = _base64_decoded(unwrapped) or text
     if text.startswith("{"):
         request = _parse_json_message(text, dequeue_count=dequeue_count)
     else:
@@ -148,7 +162,7 @@ def parse_queue_message(body: bytes, *, dequeue_count: int | None, request_id: s
 def _base64_decoded(text: str) -> str | None:
     """The UTF-8 text that `text` encodes in base64, or None when it encodes none."""
     try:
-        return base64.b64decode(text, validate=True).decode("utf-8").strip()
+        return base64.b64decode(text, validate=True).decode("utf-8-sig").strip()
     except (binascii.Error, ValueError):
         return None
 
@@ -161,6 +175,14 @@ def _parse_json_message(text: str, *, dequeue_count: int | None) -> CancelReques
     if not isinstance(message, dict) or "job_id" not in message:
         raise InvalidRequest(f"JSON message needs a \"job_id\" field: '{shorten(text)}'", target="job_id")
     raw_job_id = message["job_id"]
+    for name in message:
+        if name.lower() in QUEUE_METADATA_NAMES:
+            raise InvalidRequest(
+                f"field '{shorten(name)}' has the name of the queue message's own metadata, which the Functions host "
+                "replaces with the field's value, so this message's delivery count cannot be trusted: remove the field",
+                target=name,
+                job_id=shorten(raw_job_id) if isinstance(raw_job_id, str) else None,
+            )
     job_id = validate_job_id(raw_job_id)
     try:
         correlation_id = validate_correlation_id(message.get("correlation_id"))
@@ -221,4 +243,5 @@ class ResultRecord:
         return shaped
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        """The record's text on the results queue: strict, queue-safe JSON of at most 64 KiB (`shared.record_text`)."""
+        return fitted_record_text(self.to_dict())

@@ -29,6 +29,7 @@ CANCEL_RESULTS_QUEUE = "CANCEL_RESULTS_QUEUE"
 UPSTREAM_TIMEOUT_SECONDS = "UPSTREAM_TIMEOUT_SECONDS"
 UPSTREAM_MAX_RETRIES = "UPSTREAM_MAX_RETRIES"
 UPSTREAM_DEADLINE_SECONDS = "UPSTREAM_DEADLINE_SECONDS"
+RESULTS_TTL_SECONDS = "RESULTS_TTL_SECONDS"
 AZURE_WEB_JOBS_STORAGE = "AzureWebJobsStorage"
 
 # Defaults of the optional settings; the required ones have none.
@@ -42,6 +43,7 @@ SETTING_DEFAULTS: Mapping[str, str] = {
     UPSTREAM_TIMEOUT_SECONDS: "30",
     UPSTREAM_MAX_RETRIES: "3",
     UPSTREAM_DEADLINE_SECONDS: "60",
+    RESULTS_TTL_SECONDS: "-1",
 }
 REQUIRED_SETTINGS = (AZURE_OPENAI_ENDPOINT, KEY_VAULT_URL, AZURE_WEB_JOBS_STORAGE)
 SETTING_NAMES = (*REQUIRED_SETTINGS, *SETTING_DEFAULTS)
@@ -60,6 +62,7 @@ SDK_ENVIRONMENT = (
 
 UPSTREAM_CONNECT_TIMEOUT_SECONDS = 5.0
 
+_STORAGE_ACCOUNT = re.compile(r"[a-z0-9]{3,24}")
 _QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
 _SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
 _API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
@@ -91,6 +94,7 @@ class Settings:
     upstream_timeout_seconds: float
     upstream_max_retries: int
     upstream_deadline_seconds: float
+    results: ResultsQueueSettings
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -104,11 +108,7 @@ class Settings:
                 return SETTING_DEFAULTS[name]
             raise SettingsError(name, "is required but not set")
 
-        if not _storage_connection_is_set(environ):
-            raise SettingsError(
-                AZURE_WEB_JOBS_STORAGE,
-                "is required but not set (nor identity-based AzureWebJobsStorage__* settings)",
-            )
+        results = ResultsQueueSettings.from_environ(environ)
         return cls(
             openai_endpoint=_endpoint(AZURE_OPENAI_ENDPOINT, value(AZURE_OPENAI_ENDPOINT)),
             api_version=_matching(AZURE_OPENAI_API_VERSION, value(AZURE_OPENAI_API_VERSION), _API_VERSION),
@@ -119,7 +119,7 @@ class Settings:
                 KEY_VAULT_VERIFY_CHALLENGE_RESOURCE, value(KEY_VAULT_VERIFY_CHALLENGE_RESOURCE)
             ),
             requests_queue=_matching(CANCEL_REQUESTS_QUEUE, value(CANCEL_REQUESTS_QUEUE), _QUEUE_NAME),
-            results_queue=_matching(CANCEL_RESULTS_QUEUE, value(CANCEL_RESULTS_QUEUE), _QUEUE_NAME),
+            results_queue=results.name,
             upstream_timeout_seconds=_number(UPSTREAM_TIMEOUT_SECONDS, value(UPSTREAM_TIMEOUT_SECONDS), positive=True),
             upstream_max_retries=int(
                 _number(UPSTREAM_MAX_RETRIES, value(UPSTREAM_MAX_RETRIES), positive=False, integer=True)
@@ -127,15 +127,62 @@ class Settings:
             upstream_deadline_seconds=_number(
                 UPSTREAM_DEADLINE_SECONDS, value(UPSTREAM_DEADLINE_SECONDS), positive=True
             ),
+            results=results,
         )
 
 
-def _storage_connection_is_set(environ: Mapping[str, str]) -> bool:
-    """Whether the host's storage connection is configured, by string or by identity."""
-    if environ.get(AZURE_WEB_JOBS_STORAGE, "").strip():
-        return True
+@dataclass(frozen=True)
+class StorageConnection:
+    """Where the results queue is: a connection string, or a queue service URL reached with the app's identity.
+
+    The same forms the host reads for `AzureWebJobsStorage`: a connection string, or the identity-based
+    `AzureWebJobsStorage__queueServiceUri` / `__accountName` with an optional `__clientId`.
+    """
+
+    connection_string: str | None = None
+    queue_service_url: str | None = None
+    client_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ResultsQueueSettings:
+    """What writing a record needs, read apart from the rest so that a misconfigured app still records why."""
+
+    name: str
+    time_to_live: int
+    storage: StorageConnection
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> ResultsQueueSettings:
+        def value(name: str) -> str:
+            return environ.get(name, "").strip() or SETTING_DEFAULTS[name]
+
+        return cls(
+            name=_matching(CANCEL_RESULTS_QUEUE, value(CANCEL_RESULTS_QUEUE), _QUEUE_NAME),
+            time_to_live=_time_to_live(RESULTS_TTL_SECONDS, value(RESULTS_TTL_SECONDS)),
+            storage=_storage_connection(environ),
+        )
+
+
+def _storage_connection(environ: Mapping[str, str]) -> StorageConnection:
+    connection_string = environ.get(AZURE_WEB_JOBS_STORAGE, "").strip()
+    if connection_string:
+        return StorageConnection(connection_string=connection_string)
     prefix = AZURE_WEB_JOBS_STORAGE + "__"
-    return any(name.startswith(prefix) and value.strip() for name, value in environ.items())
+    service_url = environ.get(prefix + "queueServiceUri", "").strip()
+    account = environ.get(prefix + "accountName", "").strip()
+    if not service_url and account:
+        if not _STORAGE_ACCOUNT.fullmatch(account):
+            raise SettingsError(prefix + "accountName", "is not a storage account name (3 to 24 lower-case letters and digits)")
+        service_url = f"https://{account}.queue.core.windows.net"
+    if not service_url:
+        raise SettingsError(
+            AZURE_WEB_JOBS_STORAGE,
+            "is required but not set (nor identity-based AzureWebJobsStorage__queueServiceUri or __accountName)",
+        )
+    _endpoint(prefix + "queueServiceUri", service_url)
+    client_id = environ.get(prefix + "clientId", "").strip() or None
+    return StorageConnection(queue_service_url=service_url.rstrip("/"), client_id=client_id)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -172,6 +219,8 @@ def _url_parts(name: str, raw: str):
         raise SettingsError(name, "is not a valid URL") from err
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(name, "must be an absolute https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise SettingsError(name, "must not carry credentials (user:password@); the app's identity is the credential")
     return parts
 
 
@@ -191,6 +240,17 @@ def _number(name: str, raw: str, *, positive: bool, integer: bool = False) -> fl
     if not in_range or number == float("inf"):
         raise SettingsError(name, "must be a finite number above zero" if positive else "must not be negative")
     return number
+
+
+def _time_to_live(name: str, raw: str) -> int:
+    """A message time-to-live as the queue service takes it: -1 (never expires) or whole seconds above zero."""
+    try:
+        seconds = int(raw)
+    except ValueError as err:
+        raise SettingsError(name, "must be -1 (never expire) or a whole number of seconds above zero") from err
+    if seconds == 0 or seconds < -1:
+        raise SettingsError(name, "must be -1 (never expire) or a whole number of seconds above zero")
+    return seconds
 
 
 def _boolean(name: str, raw: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -19,7 +20,9 @@ from urllib.parse import quote
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 
+from shared.redaction import redact_json, redact_text, request_secrets
 from shared.errors import ConnectFailed, NoResponse, RetryableStatus, TimedOut, UnreadableBody
 from shared.retry import backoff_seconds, is_retryable_status, retry_after_seconds
 from shared.settings import UPSTREAM_CONNECT_TIMEOUT_SECONDS, Settings
@@ -29,6 +32,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20  # a FineTuningJob is a few KiB; anything past 1 MiB is not one
 POOL_SIZE = 32  # above the queue trigger's batch size plus the HTTP trigger's concurrency
 LOGGED_RESPONSE_HEADERS = ("apim-request-id", "x-request-id", "x-ms-region", "retry-after", "retry-after-ms")
+MAX_REQUEST_ID_LENGTH = 200  # upstream's request id goes into every record: a hostile one must not fill it
 _READ_CHUNK = 64 * 1024
 
 
@@ -141,18 +145,20 @@ class UpstreamClient:
             raise TimedOut(f"no answer within {read_timeout:g} s") from err
         except requests.RequestException as err:
             raise ConnectFailed(f"could not reach Azure OpenAI ({type(err).__name__})") from err
-        request_id = response.headers.get("apim-request-id") or response.headers.get("x-request-id")
+        secrets = request_secrets(headers)
+        seen = CaseInsensitiveDict({name: redact_text(value, secrets) for name, value in response.headers.items()})
+        request_id = (seen.get("apim-request-id") or seen.get("x-request-id") or "")[:MAX_REQUEST_ID_LENGTH] or None
         try:
             raw = self._read_body(response, started + read_timeout, request_id)
         except BaseException:
             response.close()  # drops a connection with unread bytes on it
             raise
         response.raw.release_conn()  # fully read: the connection goes back to the pool
-        headers_seen = {name: response.headers[name] for name in LOGGED_RESPONSE_HEADERS if name in response.headers}
+        headers_seen = {name: seen[name] for name in LOGGED_RESPONSE_HEADERS if name in seen}
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %d %s", method, url, response.status_code, headers_seen)
         if 300 <= response.status_code < 400:
-            target = response.headers.get("location", "nowhere")
+            target = seen.get("location", "nowhere")
             raise UnreadableBody(
                 f"Azure OpenAI answered a redirect ({response.status_code} to {target[:200]}), not followed",
                 status=response.status_code,
@@ -160,9 +166,9 @@ class UpstreamClient:
             )
         return UpstreamReply(
             status=response.status_code,
-            body=_json_or_none(raw),
+            body=redact_json(_json_or_none(raw), secrets),
             request_id=request_id,
-            content_type=response.headers.get("content-type", ""),
+            content_type=seen.get("content-type", ""),
             headers=headers_seen,
         )
 
@@ -190,13 +196,24 @@ class UpstreamClient:
 
 
 def _json_or_none(raw: bytes) -> Any:
-    """The parsed JSON body, or None when the body is empty, not JSON or not UTF-8."""
+    """The parsed body when it is strict JSON, else None (empty, not JSON, not UTF-8, NaN, Infinity, 1e400)."""
     if not raw:
         return None
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError):  # RecursionError: nested too deeply
         return None
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"{text[:20]} is beyond a float's range")
+    return number
 
 
 def _new_session(base_url: str) -> requests.Session:

@@ -1,13 +1,14 @@
 """Fixtures: the emulators at the network boundary, the contract's settings, and the real handlers.
 
 Handlers are found in `function_app.app` by trigger type, as the host finds them, and called
-with real `func.HttpRequest` / `QueueMessage` objects and an output binding that keeps what
-the function set.
+with real `func.HttpRequest` / `QueueMessage` objects. The app writes its records to a real
+Azurite (one per session), on a results queue of the test's own; `drain_results()` takes them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,10 +17,13 @@ from typing import Any
 
 import azure.functions as func
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 from azure.functions.queue import QueueMessage
+from azure.storage.queue import QueueClient
 
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
+from devstack.stack import Azurite
 
 API_KEY = "sim-key-3b9d0c8e41f24a7f9d2e6c5b1a0f8e73"  # distinctive, so a leak is found by search
 SECRET_NAME = "azure-openai-api-key"
@@ -27,22 +31,30 @@ CANCEL_ROUTE = "openai/fine_tuning/jobs/{job_id}/cancel"
 
 
 @dataclass
-class Output(func.Out):
-    """A queue output binding: what the function set, if anything."""
+class Output:
+    """What a call wrote to the results queue: each message's text, exactly as the queue holds it."""
 
     values: list[str] = field(default_factory=list)
 
-    def set(self, val: str) -> None:
-        self.values.append(val)
-
-    def get(self) -> str:
-        return self.values[-1]
-
     @property
     def records(self) -> list[dict[str, Any]]:
-        """Each message the function set; a list value is one message per item, as the host writes it."""
-        messages = [item for value in self.values for item in (value if isinstance(value, list) else [value])]
-        return [json.loads(message) for message in messages]
+        return [json.loads(message) for message in self.values]
+
+
+def drain_results() -> Output:
+    """Take every message off this test's results queue (named by the app settings in force)."""
+    queue = QueueClient.from_connection_string(os.environ["AzureWebJobsStorage"], os.environ["CANCEL_RESULTS_QUEUE"])
+    texts: list[str] = []
+    while True:
+        try:
+            batch = list(queue.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=60))
+        except ResourceNotFoundError:  # nothing was ever written
+            batch = []
+        if not batch:
+            return Output(texts)
+        for message in batch:
+            texts.append(message.content)
+            queue.delete_message(message)
 
 
 def handler(trigger_type: str, route: str | None = None) -> Callable[..., Any]:
@@ -54,6 +66,16 @@ def handler(trigger_type: str, route: str | None = None) -> Callable[..., Any]:
             if binding.type == trigger_type and route in (None, getattr(binding, "route", None)):
                 return function.get_user_function()
     raise LookupError(f"{trigger_type} {route}")
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """One real Azurite for the whole session: the app writes records to it, the runner tests listen on it."""
+    server = Azurite(log_path=tmp_path_factory.mktemp("azurite") / "azurite.log").start()
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -77,18 +99,18 @@ def vault(vault_workdir: Path) -> Iterator[KeyVaultEmulator]:
 
 @pytest.fixture
 def app_settings(
-    monkeypatch: pytest.MonkeyPatch, simulator: FineTuningSimulator, vault: KeyVaultEmulator
+    monkeypatch: pytest.MonkeyPatch, simulator: FineTuningSimulator, vault: KeyVaultEmulator, azurite: Azurite
 ) -> dict[str, str]:
     """The contract's settings pointing at the emulators, tuned so retries take milliseconds."""
     settings = {
         **vault.environ(),
         "AZURE_OPENAI_ENDPOINT": simulator.endpoint,
-        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        "AzureWebJobsStorage": azurite.connection_string,
         "UPSTREAM_TIMEOUT_SECONDS": "1",
         "UPSTREAM_MAX_RETRIES": "3",
         "UPSTREAM_DEADLINE_SECONDS": "20",
         "CANCEL_REQUESTS_QUEUE": "cancel-requests",
-        "CANCEL_RESULTS_QUEUE": "cancel-results",
+        "CANCEL_RESULTS_QUEUE": f"results-{uuid.uuid4().hex[:16]}",
     }
     for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME"):
         monkeypatch.delenv(name, raising=False)
@@ -138,8 +160,8 @@ def call_http(app_settings: dict[str, str]) -> Callable[..., HttpCall]:
             route_params={"job_id": job_id},
             body=body,
         )
-        output = Output()
-        return HttpCall(cancel(req=request, results=output), output)
+        response = cancel(req=request)
+        return HttpCall(response, drain_results())
 
     return call
 
@@ -155,11 +177,10 @@ def call_queue(app_settings: dict[str, str]) -> Callable[..., QueueCall]:
             dequeue_count=dequeue_count,
             pop_receipt="receipt",
         )
-        output = Output()
         try:
-            cancel(msg=message, results=output)
+            cancel(msg=message)
         except Exception as err:  # noqa: BLE001 - the host's view: the function raised
-            return QueueCall(output, err)
-        return QueueCall(output)
+            return QueueCall(drain_results(), err)
+        return QueueCall(drain_results())
 
     return call

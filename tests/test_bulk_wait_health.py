@@ -10,14 +10,14 @@ import pytest
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
 from shared import __version__
-from tests.conftest import Output, handler
+from tests.conftest import Output, drain_results, handler
 
 
 def call_bulk(body: bytes | dict) -> tuple[func.HttpResponse, Output]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     request = func.HttpRequest(method="POST", url="http://localhost:7071/api/cancel", headers={}, body=raw)
-    output = Output()
-    return handler("httpTrigger", "cancel")(req=request, results=output), output
+    response = handler("httpTrigger", "cancel")(req=request)
+    return response, drain_results()
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ from shared.records import (
     validate_correlation_id,
     validate_job_id,
 )
-from tests.conftest import SECRET_NAME, Output, handler
+from tests.conftest import SECRET_NAME, handler
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OPENAPI_PATH = REPO_ROOT / "openapi.yaml"
@@ -347,7 +347,7 @@ def test_bulk_and_health_answers_are_as_documented(
     }
     for status, body in bodies.items():
         request = func.HttpRequest(method="POST", url="http://localhost/api/cancel", body=json.dumps(body).encode())
-        response = bulk(req=request, results=Output())
+        response = bulk(req=request)
         assert response.status_code == status
         at = pointer("paths", "/cancel", "post", "responses", str(status), "content", "application/json", "schema")
         validator_at(document, at).validate(json.loads(response.get_body()))

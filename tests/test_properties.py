@@ -29,7 +29,7 @@ from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
 from shared.bulk import MAX_JOB_IDS
 from shared.records import CORRELATION_ID_MAX_LENGTH, JOB_ID_PATTERN, MAX_WAIT_SECONDS, REJECTED_TEXT_MAX_LENGTH
-from tests.conftest import Output, handler
+from tests.conftest import Output, drain_results, handler
 from tests.test_openapi import component_validator
 
 # Every upstream request must be one of these two, for a valid job id (CONTRACT section 6).
@@ -171,8 +171,8 @@ def is_valid_correlation_id(value: str | None) -> bool:
 
 def call_bulk(body: bytes) -> tuple[func.HttpResponse, Output]:
     request = func.HttpRequest(method="POST", url="http://localhost:7071/api/cancel", headers={}, body=body)
-    output = Output()
-    return handler("httpTrigger", "cancel")(req=request, results=output), output
+    response = handler("httpTrigger", "cancel")(req=request)
+    return response, drain_results()
 
 
 # --- the HTTP cancel route ----------------------------------------------------------------------------------

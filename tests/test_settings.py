@@ -26,8 +26,9 @@ def test_defaults_are_the_contracts() -> None:
     assert set(SETTING_DEFAULTS) == {
         "AZURE_OPENAI_API_VERSION", "AZURE_OPENAI_KEY_SECRET_NAME", "SECRET_CACHE_SECONDS",
         "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", "CANCEL_REQUESTS_QUEUE", "CANCEL_RESULTS_QUEUE",
-        "UPSTREAM_TIMEOUT_SECONDS", "UPSTREAM_MAX_RETRIES", "UPSTREAM_DEADLINE_SECONDS",
+        "UPSTREAM_TIMEOUT_SECONDS", "UPSTREAM_MAX_RETRIES", "UPSTREAM_DEADLINE_SECONDS", "RESULTS_TTL_SECONDS",
     }
+    assert settings.results.time_to_live == -1  # records never expire unless an operator says so
 
 
 @pytest.mark.parametrize(
@@ -68,10 +69,21 @@ def test_identity_based_storage_connection_is_enough() -> None:
         ("UPSTREAM_MAX_RETRIES", "-1"),
         ("UPSTREAM_DEADLINE_SECONDS", "nan"),
         ("UPSTREAM_DEADLINE_SECONDS", "inf"),
+        ("RESULTS_TTL_SECONDS", "0"),
+        ("RESULTS_TTL_SECONDS", "-7"),
+        ("RESULTS_TTL_SECONDS", "1.5"),
+        ("RESULTS_TTL_SECONDS", "week"),
+        # credentials in a URL are refused, and never echoed (issue 11 section 7)
+        ("KEY_VAULT_URL", "https://admin:hunter2secret@myvault.vault.azure.net/"),
+        ("KEY_VAULT_URL", "https://tokenonly@myvault.vault.azure.net/"),
+        ("AZURE_OPENAI_ENDPOINT", "https://user:s3cretpass@contoso.openai.azure.com"),
+        ("AzureWebJobsStorage__accountName", "Not_An_Account"),
     ],
 )
 def test_bad_setting_is_named(name: str, value: str | None) -> None:
     environ = dict(VALID)
+    if name.startswith("AzureWebJobsStorage__"):
+        environ.pop("AzureWebJobsStorage")
     if value is None:
         environ.pop(name)
     else:
@@ -82,6 +94,15 @@ def test_bad_setting_is_named(name: str, value: str | None) -> None:
     assert name in str(caught.value)
     if value:
         assert value not in str(caught.value)  # the message names the setting, never echoes its value
+
+
+def test_results_ttl_and_identity_based_results_queue() -> None:
+    environ = {k: v for k, v in VALID.items() if k != "AzureWebJobsStorage"}
+    environ.update({"AzureWebJobsStorage__accountName": "acct01", "AzureWebJobsStorage__clientId": "cid", "RESULTS_TTL_SECONDS": "3600"})
+    results = Settings.from_environ(environ).results
+    assert results.time_to_live == 3600
+    assert results.storage.queue_service_url == "https://acct01.queue.core.windows.net"
+    assert results.storage.client_id == "cid" and results.storage.connection_string is None
 
 
 def test_bad_configuration_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:

@@ -30,15 +30,6 @@ MAX_POLLING_INTERVAL_SECONDS = 0.2  # test knob: host.json says 2 s
 
 
 @pytest.fixture(scope="session")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    server = Azurite(log_path=tmp_path_factory.mktemp("azurite") / "azurite.log").start()
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
 def host_settings() -> HostSettings:
     return HostSettings.from_host_json(REPO_ROOT / "host.json")
 

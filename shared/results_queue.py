@@ -1,0 +1,141 @@
+"""The results queue: every record is sent by the app itself, with the storage SDK.
+
+Not through a queue output binding, for two reasons read in Microsoft's source and issues:
+
+- the host writes a `func.Out[str]` that looks like JSON as `JToken.ToString()` of it: indented, and
+  with ISO times re-formatted by Newtonsoft (azure-functions-host `src/WebJobs.Script/Binding/FunctionBinding.cs`,
+  `ReadAsEnumerable` and `BindAsyncCollectorAsync`; `Utility.IsJson` decides what "looks like JSON");
+- an output binding sends every message with the service's default time-to-live of 7 days and has no
+  setting to change it (azure-functions-host#4176, azure-sdk-for-net#32846), so unread records would vanish.
+
+`QueueClient.send_message(text, time_to_live=...)` sends the text byte for byte, with `RESULTS_TTL_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core.pipeline.transport import RequestsTransport
+from requests import Session
+from requests.adapters import HTTPAdapter
+from azure.storage.queue import LinearRetry, QueueClient
+
+from shared.settings import ResultsQueueSettings, SettingsError, StorageConnection
+
+logger = logging.getLogger(__name__)
+
+SEND_RETRIES = 3  # the SDK's own retries of one send, a second apart: a blip, not an outage
+SEND_RETRY_BACKOFF_SECONDS = 1.0
+CONNECT_TIMEOUT_SECONDS = 5
+READ_TIMEOUT_SECONDS = 10
+POOL_SIZE = 32  # as many connections as the worker's thread pool has invocations (PYTHON_THREADPOOL_THREAD_COUNT)
+# Azurite's development account, as `UseDevelopmentStorage=true` means it (its key is public and fixed).
+DEVELOPMENT_ACCOUNT = "devstoreaccount1"
+DEVELOPMENT_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+DEVELOPMENT_QUEUE_PORT = 10001
+
+
+class RecordNotWritten(Exception):
+    """The results queue did not take a record, after the SDK's retries."""
+
+    def __init__(self, message: str, *, queue: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.queue = queue
+
+
+class ResultsQueue:
+    """Sends record texts to `CANCEL_RESULTS_QUEUE`; creates the queue when it is missing, as the binding did."""
+
+    def __init__(self, settings: ResultsQueueSettings, *, credential: object | None = None) -> None:
+        self.name = settings.name
+        self._time_to_live = settings.time_to_live
+        self._connection = settings.storage
+        self._credential = credential
+        self._client: QueueClient | None = None  # created on first use: no network at import or start-up
+        self._lock = threading.Lock()
+
+    def send(self, text: str) -> None:
+        """Send one record's text as it is; raise `RecordNotWritten` when the queue will not take it."""
+        client = self._queue_client()
+        try:
+            try:
+                client.send_message(text, time_to_live=self._time_to_live)
+            except ResourceNotFoundError:
+                try:
+                    client.create_queue()
+                except ResourceExistsError:  # another invocation created it meanwhile
+                    pass
+                client.send_message(text, time_to_live=self._time_to_live)
+        except AzureError as err:
+            status = getattr(err, "status_code", None)
+            reason = f"the queue service answered {status}" if status else f"no answer ({type(err).__name__})"
+            raise RecordNotWritten(
+                f"the record could not be written to results queue '{self.name}': {reason}", queue=self.name
+            ) from err
+
+    def _queue_client(self) -> QueueClient:
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                self._client = _new_queue_client(self._connection, self.name, self._credential)
+            return self._client
+
+
+def _new_queue_client(connection: StorageConnection, queue: str, credential: object | None) -> QueueClient:
+    session = Session()
+    session.mount("https://", HTTPAdapter(pool_maxsize=POOL_SIZE))
+    session.mount("http://", HTTPAdapter(pool_maxsize=POOL_SIZE))
+    options = {
+        "transport": RequestsTransport(session=session, session_owner=False),
+        "retry_policy": LinearRetry(backoff=SEND_RETRY_BACKOFF_SECONDS, random_jitter_range=0, retry_total=SEND_RETRIES),
+        "connection_timeout": CONNECT_TIMEOUT_SECONDS,
+        "read_timeout": READ_TIMEOUT_SECONDS,
+    }
+    if connection.connection_string is not None:
+        return QueueClient.from_connection_string(
+            expand_development_storage(connection.connection_string), queue, **options
+        )
+    if credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        # The host's own identity-based connection: AzureWebJobsStorage__clientId picks a user-assigned identity.
+        credential = DefaultAzureCredential(managed_identity_client_id=connection.client_id)
+    return QueueClient(connection.queue_service_url, queue, credential=credential, **options)
+
+
+def expand_development_storage(connection_string: str) -> str:
+    """`UseDevelopmentStorage=true` as the storage tools read it: Azurite's account on 127.0.0.1:10001."""
+    parts = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part)
+    if parts.get("UseDevelopmentStorage", "").strip().lower() != "true":
+        return connection_string
+    origin = parts.get("DevelopmentStorageProxyUri", "http://127.0.0.1").rstrip("/")
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={DEVELOPMENT_ACCOUNT};AccountKey={DEVELOPMENT_ACCOUNT_KEY};"
+        f"QueueEndpoint={origin}:{DEVELOPMENT_QUEUE_PORT}/{DEVELOPMENT_ACCOUNT};"
+    )
+
+
+_queues: dict[ResultsQueueSettings, ResultsQueue] = {}
+_queues_lock = threading.Lock()
+
+
+def results_queue() -> ResultsQueue:
+    """The process's results queue for the current settings; `RecordNotWritten` when they say none.
+
+    Read apart from the other settings, so that a record saying the app is misconfigured still gets written.
+    """
+    try:
+        settings = ResultsQueueSettings.from_environ(os.environ)
+    except SettingsError as err:
+        raise RecordNotWritten(f"the record could not be written: {err}", queue="") from err
+    queue = _queues.get(settings)
+    if queue is None:
+        with _queues_lock:
+            queue = _queues.setdefault(settings, ResultsQueue(settings))
+    return queue
