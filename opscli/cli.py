@@ -279,6 +279,11 @@ def _storage(args: argparse.Namespace) -> StorageAccount:
     return storage_account(account=args.account, queue_url=args.queue_url, connection_string=args.connection_string)
 
 
+def validate_command_line_wait(text: str) -> float:
+    """--wait is text, like a query string: a number in JSON's syntax."""
+    return validate_wait_seconds(text, from_query=True)
+
+
 def _checked(validate: Callable[[str], object]) -> Callable[[str], object]:
     """An argparse type from one of shared.records' validators: the app's own rule, the app's own message."""
 
@@ -336,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     ids.add_argument("--skip-invalid", action="store_true", help="send the valid ids even when some are invalid")
     ids.add_argument("--correlation-id", metavar="TEXT", type=_checked(validate_correlation_id),
                      help="copied into every result record (at most 128 printable ASCII characters)")
-    ids.add_argument("--wait", metavar="SECONDS", type=_checked(validate_wait_seconds), default=0.0,
+    ids.add_argument("--wait", metavar="SECONDS", type=_checked(validate_command_line_wait), default=0.0,
                      help="after the cancel, wait up to this long (0-120) for each job to reach a final state")
 
     parser = argparse.ArgumentParser(

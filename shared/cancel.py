@@ -44,6 +44,7 @@ TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 FIRST_POLL_DELAY = 0.5  # waiting for a cancel to take: GET after 0.5 s, 1 s, 2 s ... 5 s apart
 MAX_POLL_DELAY = 5.0
 MISCONFIGURED_RETRY_AFTER_SECONDS = 30
+LOGGED_MESSAGE_LENGTH = 500  # an upstream error message may be huge; a log line is not the place for all of it
 MAX_REQUEST_SECONDS = 200  # a whole request: Azure's front end drops an HTTP request after 230 s
 DEFAULT_MAX_DEQUEUE_COUNT = 5  # the host's own default when host.json sets none
 
@@ -432,6 +433,6 @@ def _log_end(record: ResultRecord) -> ResultRecord:
         record.attempts,
         record.request_id,
         record.upstream_request_id,
-        record.error["message"] if record.error else "ok",
+        record.error["message"][:LOGGED_MESSAGE_LENGTH] if record.error else "ok",
     )
     return record
