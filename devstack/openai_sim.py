@@ -2,7 +2,8 @@
 
 Serves `/openai/fine_tuning/jobs[/{id}[/cancel]]` over plain HTTP on loopback, answers like
 Azure (gateway 401/404 bodies, `apim-request-id`/`x-request-id`/`x-ms-region` headers,
-spec-valid FineTuningJob and ErrorResponse bodies) and can fail on purpose: scripted faults
+FineTuningJob and ErrorResponse bodies valid for `devstack/fine_tuning_schema.json`, and for the
+upstream spec where the tests can find it) and can fail on purpose: scripted faults
 for the next N matching requests (`fail_next`) or random ones for chaos runs
 (`set_fault_rate`). Run standalone with `python -m devstack.openai_sim --port N --api-key K`.
 """

@@ -4,7 +4,8 @@ Three kinds of checks. The document on its own (valid, every `$ref` resolves, ev
 The document against the sources of truth: the upstream spec's definitions, the app's routes and
 auth levels, the limits in `shared.records`, CONTRACT section 3's status codes. And the document
 against the real handlers: one row per CONTRACT situation, the answer and the record must be
-what the document promises for that status.
+what the document promises for that status. The checks against the upstream spec need Microsoft's
+spec, which is not in the repository (`AZURE_OPENAI_SPEC_DIR`, see `devstack.spec`); without it they skip.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from referencing.jsonschema import DRAFT202012
 
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import RESOURCE_NOT_FOUND_BODY, FineTuningSimulator
-from devstack.spec import load_spec
+from devstack.spec import SPEC_MISSING, load_spec, spec_available
 from scripts.build_openapi import MARKER, UPSTREAM_ROOTS, objects_in, render, upstream_schema_names
 from shared.bulk import MAX_JOB_IDS
 from shared.records import (
@@ -53,6 +54,7 @@ CANCEL_STATUSES = {"200", "400", "401", "404", "409", "429", "502", "503", "4XX"
 RETRYABLE_STATUSES = {"429", "503"}
 # The brief names these; the closure of FineTuningJob and ErrorResponse holds them and their references.
 UPSTREAM_SCHEMAS = {"FineTuningJob", "ErrorResponse", "Error", "ErrorCode", "FineTuningState"}
+needs_upstream_spec = pytest.mark.skipif(not spec_available(), reason=SPEC_MISSING)
 
 
 def load_document() -> dict[str, Any]:
@@ -134,6 +136,7 @@ def test_every_example_is_valid_for_its_schema(document: dict[str, Any]) -> None
 # --- the document against the upstream spec ----------------------------------------------------------
 
 
+@needs_upstream_spec
 def test_upstream_schemas_are_the_specs_definitions_unchanged(document: dict[str, Any]) -> None:
     """FineTuningJob, ErrorResponse and what they reference: the spec's definitions, only `$ref`s moved."""
     definitions = load_spec()["definitions"]
@@ -145,6 +148,7 @@ def test_upstream_schemas_are_the_specs_definitions_unchanged(document: dict[str
         assert ours == definitions[name], f"components.schemas.{name} differs from the spec's definitions.{name}"
 
 
+@needs_upstream_spec
 def test_generated_part_is_up_to_date() -> None:
     """`python -m scripts.build_openapi --check`: the part below the marker is exactly the script's output."""
     current = OPENAPI_PATH.read_text(encoding="utf-8")
@@ -152,6 +156,7 @@ def test_generated_part_is_up_to_date() -> None:
     assert render(current) == current, "run: python -m scripts.build_openapi"
 
 
+@needs_upstream_spec
 def test_hand_written_schemas_do_not_shadow_upstream_ones(document: dict[str, Any]) -> None:
     hand_written = yaml.safe_load(OPENAPI_PATH.read_text(encoding="utf-8").partition(MARKER)[0])
     upstream = set(upstream_schema_names(load_spec()["definitions"]))
