@@ -39,10 +39,14 @@ MAX_DEQUEUE_COUNT = max_dequeue_count(Path(__file__).with_name("host.json"))
 @app.route(route="openai/fine_tuning/jobs/{job_id}/cancel", methods=["POST"])
 def cancel_job_http(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/openai/fine_tuning/jobs/{job_id}/cancel, answered like Azure OpenAI's own route."""
-    record = cancel_from_http(
-        req.route_params.get("job_id"), req.headers.get("x-correlation-id"), req.params.get("wait_seconds")
-    )
-    return _http_response(record_answer(record, write_records([record])))
+    return _cancel_one(req)
+
+
+@app.function_name("cancel_job_http_v1")
+@app.route(route="openai/v1/fine_tuning/jobs/{job_id}/cancel", methods=["POST"])
+def cancel_job_http_v1(req: func.HttpRequest) -> func.HttpResponse:
+    """POST /api/openai/v1/fine_tuning/jobs/{job_id}/cancel: the same, for v1 clients (`OpenAI(base_url=...)`)."""
+    return _cancel_one(req)
 
 
 @app.function_name("cancel_job_queue")
@@ -69,6 +73,13 @@ def health_check(req: func.HttpRequest) -> func.HttpResponse:
     """GET /api/health: are the settings valid? Contacts neither Key Vault nor upstream."""
     status_code, body = health()
     return func.HttpResponse(json.dumps(body), status_code=status_code, mimetype="application/json")
+
+
+def _cancel_one(req: func.HttpRequest) -> func.HttpResponse:
+    record = cancel_from_http(
+        req.route_params.get("job_id"), req.headers.get("x-correlation-id"), req.params.get("wait_seconds")
+    )
+    return _http_response(record_answer(record, write_records([record])))
 
 
 def _http_response(answer: HttpAnswer) -> func.HttpResponse:

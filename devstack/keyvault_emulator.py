@@ -298,6 +298,12 @@ class KeyVaultEmulator:
         body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
         handler.send_raw(status, body, self._vault_headers(extra), content_type=_CONTENT_TYPE)
 
+    def verify_token(self, token: str, *, audience: str) -> bool:
+        """Whether the identity endpoint issued `token` for `audience` and it has not expired."""
+        with self._lock:
+            issued = self._tokens.get(token)
+        return issued is not None and issued[0] > time.time() and issued[1].rstrip("/") == audience.rstrip("/")
+
     def _authorized(self, handler: QuietHandler) -> str | None:
         """Return None for a valid bearer token, else the AKV message explaining the 401."""
         header = handler.headers.get("Authorization")

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Self
 from urllib.parse import parse_qsl, unquote
@@ -47,8 +47,12 @@ SUPPORTED_API_VERSIONS = frozenset(
     }
 )
 DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
-JOB_STATES = ("created", "pending", "running", "succeeded", "cancelled", "failed")
-CANCELLABLE_STATES = frozenset({"created", "pending", "running"})
+# The states Azure OpenAI has today: the 2024-10-21 spec's six and those the v1 API added.
+JOB_STATES = (
+    "created", "pending", "queued", "validating_files", "running", "pausing", "paused", "resuming",
+    "succeeded", "cancelled", "failed",
+)
+CANCELLABLE_STATES = frozenset(JOB_STATES) - {"succeeded", "cancelled", "failed"}
 TERMINAL_STATES = frozenset({"succeeded", "cancelled", "failed"})
 FAULT_KINDS = ("429", "429ms", "500", "503", "timeout", "drop")
 
@@ -81,6 +85,13 @@ _ERROR_BY_STATUS: dict[int, tuple[str, str]] = {
 _HTML_BODY = (
     b"<html><head><title>502 Bad Gateway</title></head>"
     b"<body><center><h1>502 Bad Gateway</h1></center><hr><center>simulated gateway</center></body></html>"
+)
+
+
+V1_PREFIX = "/openai/v1/"
+KEYS_DISABLED_MESSAGE = "Key based authentication is disabled for this resource."
+TOKEN_REFUSED_MESSAGE = (
+    "The principal lacks the required data action Microsoft.CognitiveServices/accounts/OpenAI/fine-tunes/write."
 )
 
 
@@ -225,8 +236,14 @@ class FineTuningSimulator:
         api_versions: Iterable[str] = SUPPORTED_API_VERSIONS,
         record_requests: bool = True,
         cancel_delay: float = 0.0,
+        key_access_disabled: bool = False,
+        token_verifier: Callable[[str], bool] | None = None,
     ) -> None:
         self.api_key = api_key
+        # A resource with key access disabled refuses every api-key, as Azure does, and takes bearer
+        # tokens that `token_verifier` accepts (the identity emulator's, for the Cognitive Services audience).
+        self.key_access_disabled = key_access_disabled
+        self.token_verifier = token_verifier
         # Seconds an accepted cancel takes to show: meanwhile the job keeps its old status, as on Azure.
         self.cancel_delay = cancel_delay
         self.region = region
@@ -492,10 +509,12 @@ class FineTuningSimulator:
     ) -> _Response:
         """Answer a request the normal way."""
         # The gateway resolves the operation (path and api-version) before it checks the key.
-        if kind == "unknown" or query.get("api-version") not in self.api_versions:
+        v1 = handler.path.startswith(V1_PREFIX)
+        if kind == "unknown" or (not v1 and query.get("api-version") not in self.api_versions):
             return _Response(404, _NOT_FOUND_BYTES, self._headers(), "application/json")
-        if handler.headers.get("api-key") != self.api_key:
-            return _Response(401, _UNAUTHORIZED_BYTES, self._headers(), "application/json")
+        refusal = self._refusal(handler)
+        if refusal is not None:
+            return refusal
         if kind == "create":
             return self._json(*self._create(body))
         if kind == "list":
@@ -503,6 +522,21 @@ class FineTuningSimulator:
         if kind == "get":
             return self._json(*self._get(job_id))
         return self._json(*self._cancel(job_id))
+
+    def _refusal(self, handler: QuietHandler) -> _Response | None:
+        """The answer to a request without a credential this resource takes, or None."""
+        api_key = handler.headers.get("api-key")
+        scheme, _, token = (handler.headers.get("Authorization") or "").partition(" ")
+        if api_key is not None:
+            if self.key_access_disabled:
+                return self._json(403, _error("AuthenticationTypeDisabled", KEYS_DISABLED_MESSAGE), None)
+            if api_key == self.api_key:
+                return None
+        elif scheme.lower() == "bearer" and token:
+            if self.token_verifier is not None and self.token_verifier(token.strip()):
+                return None
+            return self._json(401, _error("PermissionDenied", TOKEN_REFUSED_MESSAGE), None)
+        return _Response(401, _UNAUTHORIZED_BYTES, self._headers(), "application/json")
 
     def _create(self, body: bytes) -> tuple[int, dict[str, Any], dict[str, str] | None]:
         """POST /fine_tuning/jobs."""
@@ -581,7 +615,12 @@ class FineTuningSimulator:
 
 
 def _route(method: str, path: str) -> tuple[str, str]:
-    """Return (route kind, job id) for a request; kind is "unknown" for anything Azure would 404."""
+    """Return (route kind, job id) for a request; kind is "unknown" for anything Azure would 404.
+
+    The v1 API's paths (`/openai/v1/fine_tuning/jobs...`, served without an api-version) are the same routes.
+    """
+    if path.startswith(V1_PREFIX):
+        path = "/openai/" + path[len(V1_PREFIX) :]
     if not path.startswith("/openai/fine_tuning/jobs"):
         return "unknown", ""
     rest = path[len("/openai/fine_tuning/jobs") :]

@@ -14,14 +14,15 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from shared.api_key import ApiKeySource
-from shared.errors import ApiKeyUnavailable, CancelError, KeyRefused, RetryableStatus, UnreadableBody
+from shared.entra_token import TokenSource
+from shared.errors import CancelError, CredentialUnavailable, KeyRefused, RetryableStatus, UnreadableBody
 from shared.records import (
     CancelRequest,
     InvalidRequest,
@@ -35,7 +36,14 @@ from shared.records import (
     validate_wait_seconds,
 )
 from shared.results_queue import RecordNotWritten, results_queue
-from shared.settings import Settings, SettingsError, load_settings
+from shared.settings import (
+    API_KEY_AUTH,
+    AZURE_OPENAI_AUTH,
+    ENTRA_AUTH,
+    Settings,
+    SettingsError,
+    load_settings,
+)
 from shared.upstream import CallTrace, UpstreamClient, UpstreamReply
 
 logger = logging.getLogger(__name__)
@@ -44,6 +52,9 @@ TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 FIRST_POLL_DELAY = 0.5  # waiting for a cancel to take: GET after 0.5 s, 1 s, 2 s ... 5 s apart
 MAX_POLL_DELAY = 5.0
 MISCONFIGURED_RETRY_AFTER_SECONDS = 30
+KEYS_DISABLED_CODE = "AuthenticationTypeDisabled"  # Azure's answer to an api-key when key access is off
+# The least built-in role that may cancel fine-tuning jobs (Cognitive Services OpenAI User may not).
+OPENAI_ROLE = "Cognitive Services OpenAI Contributor"
 LOGGED_MESSAGE_LENGTH = 500  # an upstream error message may be huge; a log line is not the place for all of it
 MAX_REQUEST_SECONDS = 200  # a whole request: Azure's front end drops an HTTP request after 230 s
 DEFAULT_MAX_DEQUEUE_COUNT = 5  # the host's own default when host.json sets none
@@ -55,13 +66,24 @@ class CancelService:
     def __init__(self, settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings
         self._sleep = sleep
-        self.api_keys = ApiKeySource(
-            vault_url=settings.key_vault_url,
-            secret_name=settings.key_secret_name,
-            cache_seconds=settings.secret_cache_seconds,
-            verify_challenge_resource=settings.verify_challenge_resource,
-        )
+        self.credentials: ApiKeySource | TokenSource
+        if settings.auth == ENTRA_AUTH:
+            self.credentials = TokenSource()  # Key Vault is never read in this mode
+        else:
+            assert settings.key_vault_url is not None  # required in api-key mode (shared.settings)
+            self.credentials = ApiKeySource(
+                vault_url=settings.key_vault_url,
+                secret_name=settings.key_secret_name,
+                cache_seconds=settings.secret_cache_seconds,
+                verify_challenge_resource=settings.verify_challenge_resource,
+            )
         self.upstream = UpstreamClient(settings, sleep=sleep)
+
+    @property
+    def api_keys(self) -> ApiKeySource:
+        """The api-key source (api-key mode only)."""
+        assert isinstance(self.credentials, ApiKeySource)
+        return self.credentials
 
     def cancel(self, request: CancelRequest, *, deadline: float | None = None) -> ResultRecord:
         """Cancel one job and describe how it ended; never raises for an upstream or vault failure.
@@ -82,7 +104,7 @@ class CancelService:
 
     def _cancel(self, request: CancelRequest, trace: CallTrace, deadline: float) -> ResultRecord:
         job_id = request.job_id
-        reply = self._with_api_key(lambda key: self.upstream.cancel_job(job_id, key, deadline=deadline, trace=trace))
+        reply = self._with_credential(lambda auth: self.upstream.cancel_job(job_id, auth, deadline=deadline, trace=trace))
         if 200 <= reply.status < 300:
             return _record(request, Outcome.CANCELLED, 200, job=_job_body(reply, job_id))
         if reply.status >= 500:  # 501, 505 ...: not retried here (section 6), but still a 503 (section 3)
@@ -91,7 +113,7 @@ class CancelService:
             )
         if reply.status in (400, 409):
             # Upstream refuses to cancel a finished job; a GET says whether that is the reason.
-            current = self._with_api_key(lambda key: self.upstream.get_job(job_id, key, deadline=deadline, trace=trace))
+            current = self._with_credential(lambda auth: self.upstream.get_job(job_id, auth, deadline=deadline, trace=trace))
             job = current.body if current.status == 200 and is_job(current.body, job_id) else None
             state = job.get("status") if job else None
             if state == "cancelled":
@@ -136,7 +158,7 @@ class CancelService:
         job_id = record.job_id or ""
         trace = CallTrace()
         try:
-            reply = self._with_api_key(lambda key: self.upstream.get_job(job_id, key, deadline=until, trace=trace))
+            reply = self._with_credential(lambda auth: self.upstream.get_job(job_id, auth, deadline=until, trace=trace))
         except CancelError as err:
             logger.info("waiting for %s: GET failed (%s); still waiting", job_id, err.message)
             reply = None
@@ -145,24 +167,46 @@ class CancelService:
         if reply is not None and reply.status == 200 and is_job(reply.body, job_id):
             record.job = reply.body
 
-    def _with_api_key(self, call: Callable[[str], UpstreamReply]) -> UpstreamReply:
-        """Make the call; on 401/403 read the key again from Key Vault and retry once."""
-        api_key = self.api_keys.get()
-        reply = call(api_key)
+    def _with_credential(self, call: Callable[[Mapping[str, str]], UpstreamReply]) -> UpstreamReply:
+        """Make the call; on 401/403 get a fresh api-key (Key Vault) or token and retry once."""
+        secret = self.credentials.get()
+        reply = call(self._auth_header(secret))
         if reply.status not in (401, 403):
             return reply
-        logger.info("Azure OpenAI refused the api-key (%d); reading it again from Key Vault", reply.status)
-        reply = call(self.api_keys.refresh(refused=api_key))
-        if reply.status in (401, 403):
+        if self.settings.auth == API_KEY_AUTH and _error_code(reply) == KEYS_DISABLED_CODE:
             raise KeyRefused(
-                f"Azure OpenAI refused the function's api-key ({reply.status}) even after it was read again "
-                f"from Key Vault secret '{self.settings.key_secret_name}': the secret must hold a current "
-                f"key of {self.settings.openai_endpoint}",
+                f"the Azure OpenAI resource {self.settings.openai_endpoint} refuses api-keys (key access is "
+                f"disabled): set the app setting {AZURE_OPENAI_AUTH}={ENTRA_AUTH} and give the app's identity the "
+                f"'{OPENAI_ROLE}' role on the resource",
                 status=reply.status,
                 request_id=reply.request_id,
             )
+        logger.info("Azure OpenAI refused the %s (%d); getting a fresh one", self._credential_name, reply.status)
+        reply = call(self._auth_header(self.credentials.refresh(refused=secret)))
+        if reply.status in (401, 403):
+            raise KeyRefused(self._refused_message(reply.status), status=reply.status, request_id=reply.request_id)
         return reply
 
+    @property
+    def _credential_name(self) -> str:
+        return "api-key" if self.settings.auth == API_KEY_AUTH else "token"
+
+    def _auth_header(self, secret: str) -> dict[str, str]:
+        if self.settings.auth == ENTRA_AUTH:
+            return {"Authorization": f"Bearer {secret}"}
+        return {"api-key": secret}
+
+    def _refused_message(self, status: int) -> str:
+        if self.settings.auth == ENTRA_AUTH:
+            return (
+                f"Azure OpenAI refused the app's Entra ID token ({status}) even after a fresh one: the app's identity "
+                f"needs the '{OPENAI_ROLE}' role on {self.settings.openai_endpoint}"
+            )
+        return (
+            f"Azure OpenAI refused the function's api-key ({status}) even after it was read again "
+            f"from Key Vault secret '{self.settings.key_secret_name}': the secret must hold a current "
+            f"key of {self.settings.openai_endpoint}"
+        )
 
 def cancel_from_http(job_id: object, correlation_id: object, wait_seconds: object = None) -> ResultRecord:
     """The HTTP trigger's request: route's job id, `x-correlation-id` header, `wait_seconds` query."""
@@ -370,7 +414,7 @@ def _failure_record(request: CancelRequest, err: CancelError) -> ResultRecord:
         message = f"Azure OpenAI is throttling requests: {err.message}"
         record = _record(request, Outcome.FAILED, 429, error={"code": "tooManyRequests", "message": message})
     else:
-        if isinstance(err, ApiKeyUnavailable):
+        if isinstance(err, CredentialUnavailable):
             message = err.message
         else:
             message = f"Azure OpenAI is unavailable: {err.message}"
@@ -410,6 +454,11 @@ def _upstream_error(reply: UpstreamReply) -> dict[str, Any]:
             _unexpected_body(reply, "an error response"), status=reply.status, request_id=reply.request_id
         )
     return error
+
+
+def _error_code(reply: UpstreamReply) -> object:
+    error = reply.body.get("error") if isinstance(reply.body, dict) else None
+    return error.get("code") if isinstance(error, dict) else None
 
 
 def _non_empty_text(value: object) -> bool:

@@ -1,14 +1,16 @@
 """Why a cancel did not succeed: the exceptions the cancel service turns into records.
 
     CancelError                 anything that stops a cancel
-    ├── ApiKeyUnavailable       Key Vault could not give us the api-key
+    ├── CredentialUnavailable   no credential to call Azure OpenAI with
+    │   ├── ApiKeyUnavailable       Key Vault could not give us the api-key
+    │   └── TokenUnavailable        the app's identity could not get an Entra ID token
     └── UpstreamError           the call to Azure OpenAI failed
         ├── NoResponse          no HTTP response came back
         │   ├── ConnectFailed       could not connect, or the connection broke
         │   └── TimedOut            no complete answer within the time allowed
         └── ResponseError       a response came back, but not one we can use
             ├── RetryableStatus     408, 429 or 5xx, still so after every retry
-            ├── KeyRefused          401/403, still so after re-reading the api-key
+            ├── KeyRefused          401/403, still so after a fresh api-key or token
             └── UnreadableBody      not JSON, malformed, too large, or a redirect
 
 Every exception carries what the record needs: the wait to advise (`retry_after`) where a
@@ -29,14 +31,22 @@ class CancelError(Exception):
         self.retry_after = retry_after
 
 
-class ApiKeyUnavailable(CancelError):
-    """Key Vault is unreachable, throttled, missing the secret or refusing access."""
+class CredentialUnavailable(CancelError):
+    """No credential to call Azure OpenAI with: no api-key, or no token."""
 
     retryable = True
 
     def __init__(self, message: str, *, transient: bool, retry_after: float | None = None) -> None:
         super().__init__(message, retry_after=retry_after)
         self.transient = transient
+
+
+class ApiKeyUnavailable(CredentialUnavailable):
+    """Key Vault is unreachable, throttled, missing the secret or refusing access."""
+
+
+class TokenUnavailable(CredentialUnavailable):
+    """The app's identity could not get an Entra ID token for Azure OpenAI."""
 
 
 class UpstreamError(CancelError):
@@ -80,7 +90,7 @@ class RetryableStatus(ResponseError):
 
 
 class KeyRefused(ResponseError):
-    """401 or 403, and still so after the api-key was read again from Key Vault."""
+    """401 or 403, still so after a fresh api-key or token, or a resource that refuses api-keys."""
 
 
 class UnreadableBody(ResponseError):

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 # Setting names, exactly as CONTRACT.md section 1 writes them.
 AZURE_OPENAI_ENDPOINT = "AZURE_OPENAI_ENDPOINT"
 AZURE_OPENAI_API_VERSION = "AZURE_OPENAI_API_VERSION"
+AZURE_OPENAI_AUTH = "AZURE_OPENAI_AUTH"
 KEY_VAULT_URL = "KEY_VAULT_URL"
 AZURE_OPENAI_KEY_SECRET_NAME = "AZURE_OPENAI_KEY_SECRET_NAME"
 SECRET_CACHE_SECONDS = "SECRET_CACHE_SECONDS"
@@ -35,6 +36,7 @@ AZURE_WEB_JOBS_STORAGE = "AzureWebJobsStorage"
 # Defaults of the optional settings; the required ones have none.
 SETTING_DEFAULTS: Mapping[str, str] = {
     AZURE_OPENAI_API_VERSION: "2024-10-21",
+    AZURE_OPENAI_AUTH: "api-key",
     AZURE_OPENAI_KEY_SECRET_NAME: "azure-openai-api-key",
     SECRET_CACHE_SECONDS: "300",
     KEY_VAULT_VERIFY_CHALLENGE_RESOURCE: "true",
@@ -45,7 +47,7 @@ SETTING_DEFAULTS: Mapping[str, str] = {
     UPSTREAM_DEADLINE_SECONDS: "60",
     RESULTS_TTL_SECONDS: "-1",
 }
-REQUIRED_SETTINGS = (AZURE_OPENAI_ENDPOINT, KEY_VAULT_URL, AZURE_WEB_JOBS_STORAGE)
+REQUIRED_SETTINGS = (AZURE_OPENAI_ENDPOINT, KEY_VAULT_URL, AZURE_WEB_JOBS_STORAGE)  # KEY_VAULT_URL: api-key mode
 SETTING_NAMES = (*REQUIRED_SETTINGS, *SETTING_DEFAULTS)
 
 # Read by the SDKs our code path goes through; a change to them must rebuild the clients too.
@@ -65,7 +67,10 @@ UPSTREAM_CONNECT_TIMEOUT_SECONDS = 5.0
 _STORAGE_ACCOUNT = re.compile(r"[a-z0-9]{3,24}")
 _QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
 _SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
-_API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
+_API_VERSION = re.compile(r"^(\d{4}-\d{2}-\d{2}(-preview)?|v1)$")
+V1_API_VERSION = "v1"
+API_KEY_AUTH, ENTRA_AUTH = "api-key", "entra"
+AUTH_MODES = (API_KEY_AUTH, ENTRA_AUTH)
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
@@ -84,8 +89,9 @@ class Settings:
     """Validated configuration of one function app process."""
 
     openai_endpoint: str
-    api_version: str
-    key_vault_url: str
+    api_version: str  # a dated version, or "v1" for the /openai/v1 API (no api-version parameter)
+    auth: str  # "api-key" (from Key Vault) or "entra" (a token from the app's identity)
+    key_vault_url: str | None  # None in "entra" mode, which never reads Key Vault
     key_secret_name: str
     secret_cache_seconds: float
     verify_challenge_resource: bool
@@ -109,10 +115,17 @@ class Settings:
             raise SettingsError(name, "is required but not set")
 
         results = ResultsQueueSettings.from_environ(environ)
+        auth = value(AZURE_OPENAI_AUTH).lower()
+        if auth not in AUTH_MODES:
+            raise SettingsError(AZURE_OPENAI_AUTH, f"must be one of {', '.join(AUTH_MODES)}")
+        vault_url = environ.get(KEY_VAULT_URL, "").strip()
         return cls(
             openai_endpoint=_endpoint(AZURE_OPENAI_ENDPOINT, value(AZURE_OPENAI_ENDPOINT)),
             api_version=_matching(AZURE_OPENAI_API_VERSION, value(AZURE_OPENAI_API_VERSION), _API_VERSION),
-            key_vault_url=_vault_url(KEY_VAULT_URL, value(KEY_VAULT_URL)),
+            auth=auth,
+            key_vault_url=(
+                _vault_url(KEY_VAULT_URL, value(KEY_VAULT_URL)) if auth == API_KEY_AUTH or vault_url else None
+            ),
             key_secret_name=_matching(AZURE_OPENAI_KEY_SECRET_NAME, value(AZURE_OPENAI_KEY_SECRET_NAME), _SECRET_NAME),
             secret_cache_seconds=_number(SECRET_CACHE_SECONDS, value(SECRET_CACHE_SECONDS), positive=False),
             verify_challenge_resource=_boolean(

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -25,7 +25,7 @@ from requests.structures import CaseInsensitiveDict
 from shared.redaction import redact_json, redact_text, request_secrets
 from shared.errors import ConnectFailed, NoResponse, RetryableStatus, TimedOut, UnreadableBody
 from shared.retry import backoff_seconds, is_retryable_status, retry_after_seconds
-from shared.settings import UPSTREAM_CONNECT_TIMEOUT_SECONDS, Settings
+from shared.settings import UPSTREAM_CONNECT_TIMEOUT_SECONDS, V1_API_VERSION, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class UpstreamReply:
 
 
 class UpstreamClient:
-    """Calls `{endpoint}/openai/fine_tuning/jobs/...` with the api-key, retrying what is retryable."""
+    """Calls `{endpoint}/openai/[v1/]fine_tuning/jobs/...` with a credential, retrying what is retryable."""
 
     def __init__(
         self,
@@ -67,24 +67,30 @@ class UpstreamClient:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
-        self._base = settings.openai_endpoint + "/openai/fine_tuning/jobs/"
+        v1 = settings.api_version == V1_API_VERSION
+        self._base = settings.openai_endpoint + ("/openai/v1/fine_tuning/jobs/" if v1 else "/openai/fine_tuning/jobs/")
+        self._params = {} if v1 else {"api-version": settings.api_version}  # v1 takes no api-version
         self._session = session or _new_session(self._base)
         self._sleep = sleep
         self._clock = clock
 
-    def cancel_job(self, job_id: str, api_key: str, *, deadline: float, trace: CallTrace) -> UpstreamReply:
-        """POST .../jobs/{id}/cancel."""
-        return self.send("POST", f"{quote(job_id, safe='')}/cancel", api_key, deadline=deadline, trace=trace)
+    def cancel_job(
+        self, job_id: str, auth: Mapping[str, str], *, deadline: float, trace: CallTrace
+    ) -> UpstreamReply:
+        """POST .../jobs/{id}/cancel, with `auth` the credential's header (`api-key` or `Authorization`)."""
+        return self.send("POST", f"{quote(job_id, safe='')}/cancel", auth, deadline=deadline, trace=trace)
 
-    def get_job(self, job_id: str, api_key: str, *, deadline: float, trace: CallTrace) -> UpstreamReply:
+    def get_job(self, job_id: str, auth: Mapping[str, str], *, deadline: float, trace: CallTrace) -> UpstreamReply:
         """GET .../jobs/{id}."""
-        return self.send("GET", quote(job_id, safe=""), api_key, deadline=deadline, trace=trace)
+        return self.send("GET", quote(job_id, safe=""), auth, deadline=deadline, trace=trace)
 
-    def send(self, method: str, path: str, api_key: str, *, deadline: float, trace: CallTrace) -> UpstreamReply:
+    def send(
+        self, method: str, path: str, auth: Mapping[str, str], *, deadline: float, trace: CallTrace
+    ) -> UpstreamReply:
         """One logical call with retries; raises `NoResponse` or `RetryableStatus` when they run out."""
         url = self._base + path
-        params = {"api-version": self._settings.api_version}
-        headers = {"api-key": api_key, "accept": "application/json"}
+        params = self._params
+        headers = {**auth, "accept": "application/json"}
         max_retries = self._settings.upstream_max_retries
         for retries_so_far in range(max_retries + 1):
             remaining = deadline - self._clock()

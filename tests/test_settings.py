@@ -27,7 +27,9 @@ def test_defaults_are_the_contracts() -> None:
         "AZURE_OPENAI_API_VERSION", "AZURE_OPENAI_KEY_SECRET_NAME", "SECRET_CACHE_SECONDS",
         "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", "CANCEL_REQUESTS_QUEUE", "CANCEL_RESULTS_QUEUE",
         "UPSTREAM_TIMEOUT_SECONDS", "UPSTREAM_MAX_RETRIES", "UPSTREAM_DEADLINE_SECONDS", "RESULTS_TTL_SECONDS",
+        "AZURE_OPENAI_AUTH",
     }
+    assert settings.auth == "api-key" and settings.key_vault_url == "https://contoso-kv.vault.azure.net/"
     assert settings.results.time_to_live == -1  # records never expire unless an operator says so
 
 
@@ -58,6 +60,8 @@ def test_identity_based_storage_connection_is_enough() -> None:
         ("KEY_VAULT_URL", "http://127.0.0.1:8443/"),
         ("AzureWebJobsStorage", None),
         ("AZURE_OPENAI_API_VERSION", "latest"),
+        ("AZURE_OPENAI_API_VERSION", "v2"),
+        ("AZURE_OPENAI_AUTH", "keyless"),
         ("AZURE_OPENAI_KEY_SECRET_NAME", "bad_name"),
         ("SECRET_CACHE_SECONDS", "five"),
         ("SECRET_CACHE_SECONDS", "-1"),
@@ -94,6 +98,15 @@ def test_bad_setting_is_named(name: str, value: str | None) -> None:
     assert name in str(caught.value)
     if value:
         assert value not in str(caught.value)  # the message names the setting, never echoes its value
+
+
+def test_entra_mode_needs_no_key_vault_and_v1_is_a_version() -> None:
+    environ = {k: v for k, v in VALID.items() if k != "KEY_VAULT_URL"}
+    settings = Settings.from_environ({**environ, "AZURE_OPENAI_AUTH": "Entra", "AZURE_OPENAI_API_VERSION": "v1"})
+    assert (settings.auth, settings.key_vault_url, settings.api_version) == ("entra", None, "v1")
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_environ(environ)  # api-key mode still needs the vault
+    assert caught.value.name == "KEY_VAULT_URL"
 
 
 def test_results_ttl_and_identity_based_results_queue() -> None:
