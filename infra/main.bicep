@@ -49,8 +49,10 @@ param keyVaultEnablePurgeProtection bool = true
 @description('Key Vault public network access. Disabled needs a private endpoint and VNet integration, which this template does not create.')
 param keyVaultPublicNetworkAccess string = 'Enabled'
 
+// The range Flex Consumption accepts (Flex Consumption plan docs, "Considerations: Scale"): 40 to 1000.
+@minValue(40)
 @maxValue(1000)
-@description('Most instances the app scales out to.')
+@description('Most instances the app scales out to (Flex Consumption: 40 to 1000).')
 param maximumInstanceCount int = 100
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -71,13 +73,22 @@ var keyVaultVerifyChallengeResource = 'true'
 var upstreamTimeoutSeconds = '30'
 var upstreamMaxRetries = '3'
 var upstreamDeadlineSeconds = '60'
+var resultsTtlSeconds = '-1'
 
-// /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.CognitiveServices/accounts/<name>
-var openAiIdParts = split(azureOpenAiResourceId, '/')
+// /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.CognitiveServices/accounts/<name>:
+// its shape is checked before any part is read, so a malformed id fails with this message instead of
+// an index error (`?:` evaluates only the branch it takes, so fail() runs only for a bad id).
 var useOpenAiAccount = !empty(azureOpenAiResourceId)
+var openAiIdSegments = split(azureOpenAiResourceId, '/')
+var openAiIdHasNineSegments = length(openAiIdSegments) == 9
+var openAiIdPrefixIsRight = openAiIdHasNineSegments ? (empty(openAiIdSegments[0]) && toLower(openAiIdSegments[1]) == 'subscriptions' && toLower(openAiIdSegments[3]) == 'resourcegroups' && toLower(openAiIdSegments[5]) == 'providers') : false
+var openAiIdNamesAnAccount = openAiIdHasNineSegments ? (toLower(openAiIdSegments[6]) == 'microsoft.cognitiveservices' && toLower(openAiIdSegments[7]) == 'accounts') : false
+var openAiIdNamesAreSet = openAiIdHasNineSegments ? (!empty(openAiIdSegments[2]) && !empty(openAiIdSegments[4]) && !empty(openAiIdSegments[8])) : false
+var openAiIdIsWellFormed = openAiIdPrefixIsRight && openAiIdNamesAnAccount && openAiIdNamesAreSet
+var openAiIdParts = !useOpenAiAccount ? [] : (openAiIdIsWellFormed ? openAiIdSegments : fail('azureOpenAiResourceId (AZURE_OPENAI_RESOURCE_ID) must be /subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.CognitiveServices/accounts/<name>; got \'${azureOpenAiResourceId}\'.'))
 var keySource = useOpenAiAccount ? 'account' : (!empty(azureOpenAiApiKey) ? 'parameter' : 'none')
 
-resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+resource rg 'Microsoft.Resources/resourceGroups@2024-11-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
   location: location
   tags: tags
@@ -145,7 +156,7 @@ module openAiKey 'modules/openai-key.bicep' = if (keySource != 'none') {
   }
 }
 
-var openAiEndpoint = !empty(azureOpenAiEndpoint) ? azureOpenAiEndpoint : (useOpenAiAccount ? openAiKey.outputs.endpoint : '')
+var openAiEndpoint = !empty(azureOpenAiEndpoint) ? azureOpenAiEndpoint : (useOpenAiAccount ? openAiKey!.outputs.endpoint : '')
 
 module rbac 'modules/rbac.bicep' = {
   name: 'rbac'
@@ -188,6 +199,7 @@ module api 'modules/functionapp.bicep' = {
     upstreamTimeoutSeconds: upstreamTimeoutSeconds
     upstreamMaxRetries: upstreamMaxRetries
     upstreamDeadlineSeconds: upstreamDeadlineSeconds
+    resultsTtlSeconds: resultsTtlSeconds
   }
   // The host starts with identity-based storage: its roles must exist before it does.
   dependsOn: [

@@ -82,15 +82,44 @@ NOT_APP_SETTINGS = {
     "SSL_CERT_FILE",
 }
 
-# Flex Consumption takes these from functionAppConfig; as app settings they are rejected or ignored.
-FLEX_FORBIDDEN_SETTINGS = {
-    "FUNCTIONS_WORKER_RUNTIME",
-    "FUNCTIONS_EXTENSION_VERSION",
-    "WEBSITE_RUN_FROM_PACKAGE",
-    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
-    "WEBSITE_CONTENTSHARE",
-    "SCM_DO_BUILD_DURING_DEPLOYMENT",
-    "ENABLE_ORYX_BUILD",
+# The Flex rules: what Flex Consumption refuses or ignores, each with the source that says so.
+# "Flex deprecations" is the "Flex Consumption plan deprecations" section of the Azure Functions app
+# settings reference (learn.microsoft.com/azure/azure-functions/functions-app-settings); Microsoft's
+# reference Flex template (Azure-Samples/functions-quickstart-python-http-azd, infra/app/api.bicep at
+# 7ed4638) sets none of them.
+FLEX_DEPRECATIONS = "Flex deprecations (functions-app-settings#flex-consumption-plan-deprecations)"
+FLEX_REFUSED_APP_SETTINGS = {
+    "FUNCTIONS_WORKER_RUNTIME": f"functionAppConfig.runtime.name instead; {FLEX_DEPRECATIONS}",
+    "FUNCTIONS_WORKER_RUNTIME_VERSION": f"functionAppConfig.runtime.version instead; {FLEX_DEPRECATIONS}",
+    "FUNCTIONS_EXTENSION_VERSION": f"the platform picks the host; {FLEX_DEPRECATIONS}",
+    "WEBSITE_RUN_FROM_PACKAGE": f"functionAppConfig.deployment.storage instead; {FLEX_DEPRECATIONS}",
+    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING": f"no content share on Flex; {FLEX_DEPRECATIONS}",
+    "WEBSITE_CONTENTSHARE": f"no content share on Flex; {FLEX_DEPRECATIONS}",
+    "WEBSITE_CONTENTOVERVNET": f"no content share on Flex; {FLEX_DEPRECATIONS}",
+    "WEBSITE_SKIP_CONTENTSHARE_VALIDATION": f"no content share on Flex; {FLEX_DEPRECATIONS}",
+    "SCM_DO_BUILD_DURING_DEPLOYMENT": f"Flex deployments are one path, no build settings; {FLEX_DEPRECATIONS}",
+    "ENABLE_ORYX_BUILD": f"Flex deployments are one path, no build settings; {FLEX_DEPRECATIONS}",
+    "WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT": f"scaleAndConcurrency.maximumInstanceCount instead; {FLEX_DEPRECATIONS}",
+    "FUNCTIONS_MAX_HTTP_CONCURRENCY": f"scaleAndConcurrency.triggers.http.perInstanceConcurrency instead; {FLEX_DEPRECATIONS}",
+    "FUNCTIONS_WORKER_PROCESS_COUNT": f"{FLEX_DEPRECATIONS}",
+    "WEBSITE_NODE_DEFAULT_VERSION": f"{FLEX_DEPRECATIONS}",
+    "WEBSITE_VNET_ROUTE_ALL": f"{FLEX_DEPRECATIONS}",
+    "WEBSITE_DNS_SERVER": f"{FLEX_DEPRECATIONS}",
+}
+FLEX_REFUSED_SITE_PROPERTIES = {
+    "properties.siteConfig.ftpsState": (
+        'refused: "... (Site.SiteConfig.FtpsState, ...) for Flex Consumption sites is invalid" '
+        f"(microsoft/azure-pipelines-tasks#21032); {FLEX_DEPRECATIONS}"
+    ),
+    "properties.siteConfig.linuxFxVersion": f"functionAppConfig.runtime instead; {FLEX_DEPRECATIONS}",
+    "properties.siteConfig.netFrameworkVersion": f"functionAppConfig.runtime instead; {FLEX_DEPRECATIONS}",
+    "properties.siteConfig.javaVersion": f"functionAppConfig.runtime instead; {FLEX_DEPRECATIONS}",
+    "properties.siteConfig.powerShellVersion": f"functionAppConfig.runtime instead; {FLEX_DEPRECATIONS}",
+    "properties.siteConfig.functionAppScaleLimit": f"scaleAndConcurrency.maximumInstanceCount instead; {FLEX_DEPRECATIONS}",
+    "properties.siteConfig.preWarmedInstanceCount": f"scaleAndConcurrency.alwaysReady instead; {FLEX_DEPRECATIONS}",
+    "properties.siteConfig.minimumElasticInstanceCount": f"scaleAndConcurrency.alwaysReady instead; {FLEX_DEPRECATIONS}",
+    "properties.siteConfig.use32BitWorkerProcess": f"{FLEX_DEPRECATIONS}",
+    "properties.containerSize": f"scaleAndConcurrency.instanceMemoryMB instead; {FLEX_DEPRECATIONS}",
 }
 
 GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -117,6 +146,11 @@ def resource_body(resource: dict[str, Any]) -> dict[str, Any]:
 
 def is_conditional(resource: dict[str, Any]) -> bool:
     return "condition" in resource["config"] and "config" in resource["config"]
+
+
+def is_expression(value: Any) -> bool:
+    """pycep writes a function call or an operator as a one-key dict; an object literal is any other dict."""
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in {"function", "operator"}
 
 
 def resources_of_type(path: Path, resource_type: str) -> dict[str, dict[str, Any]]:
@@ -383,9 +417,29 @@ def test_application_insights_uses_the_identity() -> None:
     assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "ClientId=${identityClientId};Authorization=AAD"
 
 
-def test_no_app_setting_that_flex_consumption_rejects() -> None:
-    forbidden = FLEX_FORBIDDEN_SETTINGS & set(app_settings())
-    assert not forbidden, f"not app settings on Flex Consumption (runtime is functionAppConfig.runtime): {forbidden}"
+def property_paths(value: Any, prefix: str) -> set[str]:
+    """Dotted paths of every property an object literal sets, nested objects included."""
+    paths: set[str] = set()
+    if isinstance(value, dict) and not is_expression(value):
+        for key, child in value.items():
+            paths.add(f"{prefix}.{key}" if prefix else key)
+            paths |= property_paths(child, f"{prefix}.{key}" if prefix else key)
+    return paths
+
+
+@pytest.mark.parametrize("setting", sorted(FLEX_REFUSED_APP_SETTINGS))
+def test_no_app_setting_that_flex_consumption_rejects(setting: str) -> None:
+    assert setting not in app_settings(), f"{setting} is not an app setting on Flex: {FLEX_REFUSED_APP_SETTINGS[setting]}"
+
+
+@pytest.mark.parametrize("path", sorted(FLEX_REFUSED_SITE_PROPERTIES))
+def test_no_site_property_that_flex_consumption_rejects(path: str) -> None:
+    set_paths = property_paths(function_app(), "")
+    assert "properties.siteConfig.minTlsVersion" in set_paths  # the walk reaches siteConfig
+    assert path not in set_paths, f"{path} on a Flex site: {FLEX_REFUSED_SITE_PROPERTIES[path]}"
+
+
+def test_flex_runtime_comes_from_function_app_config() -> None:
     runtime = function_app()["properties"]["functionAppConfig"]["runtime"]
     assert runtime["name"] == "python"
     assert resolve(runtime["version"], FUNCTION_APP_MODULE, module_call(FUNCTION_APP_MODULE)) == "3.11"
@@ -504,10 +558,17 @@ def test_key_vault_is_rbac_only_with_soft_delete_and_purge_protection_by_default
     assert module_call(keyvault)["publicNetworkAccess"] == "keyVaultPublicNetworkAccess"
 
 
-def test_function_app_is_https_only_ftps_off_tls_1_2_on_flex_consumption() -> None:
+def test_function_app_is_https_only_ftp_off_tls_1_2_on_flex_consumption() -> None:
     site = function_app()
     assert site["properties"]["httpsOnly"] is True
-    assert site["properties"]["siteConfig"]["ftpsState"] == "Disabled"
+    # FTP is off through the publishing-credential policies; Flex refuses siteConfig.ftpsState.
+    assert "ftpsState" not in site["properties"]["siteConfig"]
+    policies = resources_of_type(FUNCTION_APP_MODULE, "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
+    assert sorted(resource_body(policy)["name"] for policy in policies.values()) == ["ftp", "scm"]
+    for policy in policies.values():
+        assert resource_body(policy)["properties"] == {"allow": False}
+        # ARM answers "The parameter location has an invalid value" without it (bicep-types-az#1317).
+        assert resource_body(policy)["location"] == "location"
     assert site["properties"]["siteConfig"]["minTlsVersion"] == "1.2"
     assert site["identity"]["type"] == "UserAssigned"
     plan = single(FUNCTION_APP_MODULE, "Microsoft.Web/serverfarms")

@@ -20,6 +20,7 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
 }
 
 // The account may live in another resource group or subscription; the deployer needs its listKeys action.
+// Conditional, so every read says `openAi!`: it is read only where fromAccount holds (BCP318).
 resource openAi 'Microsoft.CognitiveServices/accounts@2024-10-01' existing = if (fromAccount) {
   name: openAiAccountName
   scope: resourceGroup(openAiSubscriptionId, openAiResourceGroupName)
@@ -31,9 +32,9 @@ resource apiKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   name: secretName
   properties: {
     contentType: 'Azure OpenAI api-key'
-    value: fromAccount ? openAi.listKeys().key1 : apiKey
+    value: fromAccount ? openAi!.listKeys().key1 : apiKey
   }
 }
 
 // https://<custom subdomain>.openai.azure.com/, the endpoint Azure OpenAI documents for api-key calls.
-output endpoint string = fromAccount ? 'https://${openAi.properties.customSubDomainName}.openai.azure.com/' : ''
+output endpoint string = fromAccount ? 'https://${openAi!.properties.customSubDomainName}.openai.azure.com/' : ''
