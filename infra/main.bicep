@@ -76,8 +76,10 @@ var upstreamDeadlineSeconds = '60'
 var resultsTtlSeconds = '-1'
 
 // /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.CognitiveServices/accounts/<name>:
-// its shape is checked before any part is read, so a malformed id fails with this message instead of
-// an index error (`?:` evaluates only the branch it takes, so fail() runs only for a bad id).
+// its shape is checked before any part is read (`?:` evaluates only the branch it takes), so a
+// malformed id is refused by the openai-key module's azureOpenAiResourceIdIsWellFormed parameter,
+// which names the problem, instead of failing on an index. (Bicep's fail() would say it here, but
+// the checkov release make test pins cannot parse fail().)
 var useOpenAiAccount = !empty(azureOpenAiResourceId)
 var openAiIdSegments = split(azureOpenAiResourceId, '/')
 var openAiIdHasNineSegments = length(openAiIdSegments) == 9
@@ -85,7 +87,7 @@ var openAiIdPrefixIsRight = openAiIdHasNineSegments ? (empty(openAiIdSegments[0]
 var openAiIdNamesAnAccount = openAiIdHasNineSegments ? (toLower(openAiIdSegments[6]) == 'microsoft.cognitiveservices' && toLower(openAiIdSegments[7]) == 'accounts') : false
 var openAiIdNamesAreSet = openAiIdHasNineSegments ? (!empty(openAiIdSegments[2]) && !empty(openAiIdSegments[4]) && !empty(openAiIdSegments[8])) : false
 var openAiIdIsWellFormed = openAiIdPrefixIsRight && openAiIdNamesAnAccount && openAiIdNamesAreSet
-var openAiIdParts = !useOpenAiAccount ? [] : (openAiIdIsWellFormed ? openAiIdSegments : fail('azureOpenAiResourceId (AZURE_OPENAI_RESOURCE_ID) must be /subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.CognitiveServices/accounts/<name>; got \'${azureOpenAiResourceId}\'.'))
+var openAiIdParts = openAiIdIsWellFormed ? openAiIdSegments : ['', '', '', '', '', '', '', '', '']
 var keySource = useOpenAiAccount ? 'account' : (!empty(azureOpenAiApiKey) ? 'parameter' : 'none')
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-11-01' = {
@@ -152,6 +154,7 @@ module openAiKey 'modules/openai-key.bicep' = if (keySource != 'none') {
     openAiSubscriptionId: useOpenAiAccount ? openAiIdParts[2] : ''
     openAiResourceGroupName: useOpenAiAccount ? openAiIdParts[4] : ''
     openAiAccountName: useOpenAiAccount ? openAiIdParts[8] : ''
+    azureOpenAiResourceIdIsWellFormed: !useOpenAiAccount || openAiIdIsWellFormed
     apiKey: azureOpenAiApiKey
   }
 }

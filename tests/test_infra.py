@@ -636,3 +636,312 @@ def test_azure_yaml_declares_the_python_function_service() -> None:
     assert "'azd-service-name': serviceName" in FUNCTION_APP_MODULE.read_text()
     assert parsed(FUNCTION_APP_MODULE)["parameters"]["serviceName"]["default"] == "api"
 
+
+
+# --- what Azure refuses that the compiler would not ------------------------------------------
+
+
+def test_maximum_instance_count_is_bounded_to_what_flex_accepts() -> None:
+    """Flex Consumption: the lowest maximum instance count is 40, the highest 1000 (Flex Consumption plan docs)."""
+    for path in (MAIN, FUNCTION_APP_MODULE):
+        parameter = parsed(path)["parameters"]["maximumInstanceCount"]
+        bounds = {decorator["type"]: decorator.get("argument") for decorator in parameter["decorators"]}
+        assert (bounds.get("min_value"), bounds.get("max_value")) == (40, 1000), f"{path.name}: {bounds}"
+        assert 40 <= parameter["default"] <= 1000
+
+
+def conditional_names(path: Path) -> set[str]:
+    """Resources and modules deployed `if (...)`, existing ones included (a loop's null condition is not one)."""
+    doc = parsed(path)
+    return {
+        name
+        for name, declaration in {**doc["resources"], **doc["modules"]}.items()
+        if isinstance(declaration["config"], dict) and declaration["config"].get("condition") is not None
+    }
+
+
+def test_conditional_resources_and_modules_are_read_with_the_non_null_assertion() -> None:
+    """Reading `x.outputs` / `x.properties` / `x.listKeys()` of a conditional `x` warns BCP318; `x!.` does not."""
+    asserted = 0
+    for path in BICEP_FILES:
+        # Comments out (a `//` after a space or at the start; `https://` stays).
+        code = "\n".join(re.sub(r"(^|\s)//.*$", "", line) for line in path.read_text(encoding="utf-8").splitlines())
+        for name in conditional_names(path):
+            bare = re.findall(rf"\b{name}\.(?:outputs|properties|list\w*\(|id\b|name\b)", code)
+            assert not bare, f"{path.name}: {name} is conditional; read it as {name}!.{bare[0].split('.', 1)[1]}"
+            asserted += len(re.findall(rf"\b{name}!\.", code))
+    assert asserted >= 3, "expected the openAiKey module and the openAi account to be read with `!`"
+
+
+def test_openai_resource_id_shape_is_checked_before_its_parts_are_read() -> None:
+    """`split(id, '/')[i]` on a malformed id fails on an index: main.bicep checks the shape first.
+
+    A malformed id reaches the openai-key module as azureOpenAiResourceIdIsWellFormed = false, which
+    its `@allowed([true])` refuses, naming the parameter (fail() would be plainer, but the checkov
+    release pinned in the Makefile cannot parse it).
+    """
+    parts = parsed(MAIN)["variables"]["openAiIdParts"]["value"]["operator"]["operands"]
+    assert (parts["condition"], parts["true_value"]) == ("openAiIdIsWellFormed", "openAiIdSegments")
+    assert parts["false_value"] == [""] * 9  # nine empty parts: no index read can fail
+    text = MAIN.read_text(encoding="utf-8")
+    for line in text.splitlines():
+        if "openAiIdSegments[" in line:  # every index read stands behind the nine-segment test
+            assert "openAiIdHasNineSegments ?" in line, line
+    assert not re.search(r"split\([^)]*\)\s*\[", text), "index a split() only through the checked openAiIdParts"
+    module = INFRA / "modules" / "openai-key.bicep"
+    call = module_call(module)
+    assert "openAiIdParts" in json.dumps(call["openAiSubscriptionId"]) + json.dumps(call["openAiAccountName"])
+    assert "openAiIdIsWellFormed" in json.dumps(call["azureOpenAiResourceIdIsWellFormed"])
+    guard = parsed(module)["parameters"]["azureOpenAiResourceIdIsWellFormed"]
+    assert {"type": "allowed", "argument": [True]} in guard["decorators"], guard["decorators"]
+
+
+def test_readme_says_to_register_the_microsoft_app_provider() -> None:
+    """Flex app creation can fail while Microsoft.App is not registered (Flex Consumption plan docs)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    before = readme.split("### Before you start", 1)[1].split("\n### ", 1)[0]
+    assert "az provider register --namespace Microsoft.App" in before
+
+
+# --- host fidelity: the worker's thread pool, HTTP concurrency, the records' time-to-live ------
+
+
+def test_worker_thread_pool_holds_every_invocation_one_instance_may_run() -> None:
+    """PYTHON_THREADPOOL_THREAD_COUNT = queue batchSize + newBatchThreshold + HTTP per-instance concurrency.
+
+    Unset, the worker runs sync functions on ThreadPoolExecutor's default min(32, cpu + 4) threads
+    (azure-functions-python-worker, azure_functions_worker/dispatcher.py, Dispatcher._get_sync_tp_max_workers:
+    no limit from Python 3.9 on), i.e. 5 on a 1-vCPU Flex instance, while the queue trigger alone may
+    hold batchSize + newBatchThreshold messages at once.
+    """
+    queues = json.loads((REPO / "host.json").read_text(encoding="utf-8"))["extensions"]["queues"]
+    scale = function_app()["properties"]["functionAppConfig"]["scaleAndConcurrency"]
+    caller = module_call(FUNCTION_APP_MODULE)
+    per_instance = int(resolve(scale["triggers"]["http"]["perInstanceConcurrency"], FUNCTION_APP_MODULE, caller))
+    threads = int(app_setting_value("PYTHON_THREADPOOL_THREAD_COUNT"))
+    assert per_instance == 8
+    assert threads == queues["batchSize"] + queues["newBatchThreshold"] + per_instance == 32
+
+
+def test_results_ttl_is_the_codes_default() -> None:
+    """Records never expire unless an operator says so (CONTRACT: RESULTS_TTL_SECONDS, default -1)."""
+    assert app_setting_value("RESULTS_TTL_SECONDS") == code_defaults().get("RESULTS_TTL_SECONDS", "-1")
+
+
+def test_app_identity_may_send_records_to_the_results_queue() -> None:
+    """The app writes records itself (azure-storage-queue send_message) with AZURE_CLIENT_ID's identity.
+
+    Storage Queue Data Contributor on the account, or Message Sender / Contributor on the results
+    queue, allows the send; the identity the SDK uses must be the one the role is granted to.
+    """
+    body = {name: resource_body(r) for name, r in resources_of_type(RBAC_MODULE, "Microsoft.Authorization/roleAssignments").items()}
+    roles = role_variables()
+    granted = {
+        (roles[b["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]], b["scope"])
+        for b in body.values()
+        if b["properties"]["principalId"] == "appPrincipalId"
+    }
+    allows_send = {
+        ("Storage Queue Data Contributor", "storage"),
+        ("Storage Queue Data Contributor", "resultsQueue"),
+        ("Storage Queue Data Message Sender", "resultsQueue"),
+    }
+    assert granted & allows_send, f"the app's roles {granted} do not allow sending to the results queue"
+    assert app_settings()["AZURE_CLIENT_ID"] == "identityClientId"
+    assert "clientId" in json.dumps(module_call(FUNCTION_APP_MODULE)["identityClientId"])
+    assert "principalId" in json.dumps(module_call(RBAC_MODULE)["appPrincipalId"])
+
+
+# --- schema: every property path set exists at the resource's API version ---------------------
+#
+# The schemas are the request-body models of the Azure SDK for Python management packages, whose
+# `_attribute_map` gives each attribute's JSON path ("properties.siteConfig") and type, and whose
+# `_validation` marks the read-only ones. requirements-dev.txt pins releases that carry the API
+# versions below; a package with one API version names it in its client configuration.
+
+RESOURCE_SCHEMAS = {
+    ("Microsoft.Resources/resourceGroups", "2024-11-01"): ("azure.mgmt.resource.resources.v2024_11_01", "ResourceGroup"),
+    ("Microsoft.ManagedIdentity/userAssignedIdentities", "2023-01-31"): ("azure.mgmt.msi.v2023_01_31", "Identity"),
+    ("Microsoft.OperationalInsights/workspaces", "2025-07-01"): ("azure.mgmt.loganalytics", "Workspace"),
+    ("Microsoft.Insights/components", "2020-02-02"): (
+        "azure.mgmt.applicationinsights.v2020_02_02",
+        "ApplicationInsightsComponent",
+    ),
+    ("Microsoft.Storage/storageAccounts", "2023-05-01"): ("azure.mgmt.storage.v2023_05_01", "StorageAccountCreateParameters"),
+    ("Microsoft.Storage/storageAccounts/blobServices", "2023-05-01"): ("azure.mgmt.storage.v2023_05_01", "BlobServiceProperties"),
+    ("Microsoft.Storage/storageAccounts/blobServices/containers", "2023-05-01"): ("azure.mgmt.storage.v2023_05_01", "BlobContainer"),
+    ("Microsoft.Storage/storageAccounts/queueServices", "2023-05-01"): ("azure.mgmt.storage.v2023_05_01", "QueueServiceProperties"),
+    ("Microsoft.Storage/storageAccounts/queueServices/queues", "2023-05-01"): ("azure.mgmt.storage.v2023_05_01", "StorageQueue"),
+    ("Microsoft.KeyVault/vaults", "2023-07-01"): ("azure.mgmt.keyvault.v2023_07_01", "VaultCreateOrUpdateParameters"),
+    ("Microsoft.KeyVault/vaults/secrets", "2023-07-01"): ("azure.mgmt.keyvault.v2023_07_01", "SecretCreateOrUpdateParameters"),
+    ("Microsoft.Web/serverfarms", "2024-04-01"): ("azure.mgmt.web.v2024_04_01", "AppServicePlan"),
+    ("Microsoft.Web/sites", "2024-04-01"): ("azure.mgmt.web.v2024_04_01", "Site"),
+    ("Microsoft.Web/sites/basicPublishingCredentialsPolicies", "2024-04-01"): (
+        "azure.mgmt.web.v2024_04_01",
+        "CsmPublishingCredentialsPoliciesEntity",
+    ),
+    ("Microsoft.Authorization/roleAssignments", "2022-04-01"): (
+        "azure.mgmt.authorization.v2022_04_01",
+        "RoleAssignmentCreateParameters",
+    ),
+}
+SINGLE_VERSION_PACKAGES = {
+    "azure.mgmt.loganalytics": "LogAnalyticsManagementClientConfiguration",
+}
+
+# Bicep's own keywords in a resource body, not ARM properties (`name` is the URL's last segment,
+# which the SDK models mark read-only).
+BICEP_KEYWORDS = {"name", "parent", "scope", "dependsOn"}
+
+# Properties ARM needs that the published API spec leaves out, each with its source.
+SCHEMA_GAPS = {
+    ("Microsoft.Web/sites/basicPublishingCredentialsPolicies", "location"): (
+        'ARM answers "The parameter location has an invalid value" without it; the spec omits it '
+        "(bicep-types-az#1317, #1529, #1571; AVM's basic-publishing-credentials-policy sets it)"
+    ),
+}
+
+
+def schema_model(package: str, model_name: str) -> Any:
+    import importlib
+
+    try:
+        models = importlib.import_module(f"{package}.models")
+    except ImportError as err:
+        pytest.fail(f"{package} is missing ({err}): `make install` installs requirements-dev.txt")
+    return getattr(models, model_name)
+
+
+def schema_tree(model: Any) -> dict[str, Any]:
+    """JSON shape of a model: nested dicts down to (type name, read-only) leaves."""
+    tree: dict[str, Any] = {}
+    for attribute, spec in model._attribute_map.items():
+        segments = [part.replace("\\.", ".") for part in re.split(r"(?<!\\)\.", spec["key"])]
+        node = tree
+        for segment in segments[:-1]:
+            node = node.setdefault(segment, {})
+        readonly = bool(model._validation.get(attribute, {}).get("readonly"))
+        node[segments[-1]] = (spec["type"], readonly)
+    return tree
+
+
+def schema_errors(value: Any, node: Any, path: str, models: Any) -> list[str]:
+    """Where `value` (a pycep object or array literal) sets a path that `node` does not have."""
+    if is_expression(value):
+        return []  # a computed value: its shape is not known here
+    if isinstance(node, tuple):
+        type_name, _ = node
+        if type_name.startswith("[") and isinstance(value, list):
+            return [e for i, item in enumerate(value) for e in schema_errors(item, (type_name[1:-1], False), f"{path}[{i}]", models)]
+        if type_name.startswith("{") and isinstance(value, dict):
+            return [e for key, item in value.items() for e in schema_errors(item, (type_name[1:-1], False), f"{path}.{key}", models)]
+        model = getattr(models, type_name, None)
+        if isinstance(model, type) and hasattr(model, "_attribute_map"):
+            return schema_errors(value, schema_tree(model), path, models)
+        return []  # a primitive: any literal or reference
+    if not isinstance(value, dict):
+        return []  # a reference to a param or var standing for the whole object
+    errors = []
+    for key, child in value.items():
+        where = f"{path}.{key}" if path else key
+        if key not in node:
+            errors.append(f"{where}: no such property")
+        elif isinstance(node[key], tuple) and node[key][1]:
+            errors.append(f"{where}: read-only")
+        else:
+            errors += schema_errors(child, node[key], where, models)
+    return errors
+
+
+def resource_schema_errors(resource: dict[str, Any]) -> list[str]:
+    key = (resource["type"], resource["api_version"])
+    assert key in RESOURCE_SCHEMAS, f"{key[0]}@{key[1]} has no schema in RESOURCE_SCHEMAS"
+    package, model_name = RESOURCE_SCHEMAS[key]
+    model = schema_model(package, model_name)
+    models = __import__(f"{package}.models", fromlist=["models"])
+    tree = schema_tree(model)
+    body = {
+        name: value
+        for name, value in resource_body(resource).items()
+        if name not in BICEP_KEYWORDS and (resource["type"], name) not in SCHEMA_GAPS
+    }
+    return schema_errors(body, tree, "", models)
+
+
+def deployed_resources(path: Path, document: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    resources = (document or parsed(path))["resources"]
+    return {name: resource for name, resource in resources.items() if not resource["existing"]}
+
+
+def test_schema_table_covers_every_deployed_resource_at_a_version_its_package_carries() -> None:
+    used = {(r["type"], r["api_version"]) for path in BICEP_FILES for r in deployed_resources(path).values()}
+    assert used <= set(RESOURCE_SCHEMAS), f"no schema for {sorted(used - set(RESOURCE_SCHEMAS))}"
+    assert set(RESOURCE_SCHEMAS) <= used, f"schemas for types the templates no longer use: {set(RESOURCE_SCHEMAS) - used}"
+    import importlib
+
+    for (resource_type, version), (package, model_name) in RESOURCE_SCHEMAS.items():
+        schema_model(package, model_name)
+        if package in SINGLE_VERSION_PACKAGES:
+            configuration = getattr(importlib.import_module(f"{package}._configuration"), SINGLE_VERSION_PACKAGES[package])
+            carried = configuration(credential=object(), subscription_id="0").api_version
+            assert carried == version, f"{package} carries {carried}, the template pins {resource_type}@{version}"
+        else:
+            assert package.endswith("v" + version.replace("-", "_")), f"{package} is not {resource_type}@{version}"
+
+
+@pytest.mark.parametrize("path", BICEP_FILES, ids=lambda p: str(p.relative_to(INFRA)))
+def test_every_property_set_exists_in_the_schema_of_its_api_version(path: Path) -> None:
+    errors = [
+        f"{name} ({resource['type']}@{resource['api_version']}): {error}"
+        for name, resource in deployed_resources(path).items()
+        for error in resource_schema_errors(resource)
+    ]
+    assert not errors, f"{path.name}:\n" + "\n".join(errors)
+
+
+def test_schema_gaps_are_still_gaps() -> None:
+    """An exception stays only while the schema still lacks the property (else it would hide a typo)."""
+    for (resource_type, name), _source in SCHEMA_GAPS.items():
+        package, model_name = next(v for (t, _), v in RESOURCE_SCHEMAS.items() if t == resource_type)
+        assert name not in schema_tree(schema_model(package, model_name)), f"{resource_type} now has {name}"
+
+
+def schema_errors_of_copy(tmp_path: Path, module: Path, edits: list[tuple[str, str]]) -> list[str]:
+    text = module.read_text(encoding="utf-8")
+    for old, new in edits:
+        assert old in text, f"{old!r} is not in {module.name}: update this test"
+        text = text.replace(old, new, 1)
+    copy = tmp_path / module.name
+    copy.write_text(text, encoding="utf-8")
+    document = BicepParser().parse(file_path=copy)
+    document.setdefault("resources", {})
+    return [error for resource in deployed_resources(copy, document).values() for error in resource_schema_errors(resource)]
+
+
+def test_schema_check_catches_a_typo_at_any_depth_and_a_read_only_property(tmp_path: Path) -> None:
+    errors = schema_errors_of_copy(
+        tmp_path,
+        FUNCTION_APP_MODULE,
+        [
+            ("httpsOnly: true", "httpsOnyl: true"),
+            ("minTlsVersion: '1.2'", "minTlsVerison: '1.2'"),
+            ("perInstanceConcurrency: httpPerInstanceConcurrency", "perInstanceConcurency: httpPerInstanceConcurrency"),
+            ("serverFarmId: plan.id", "serverFarmId: plan.id\n    defaultHostName: 'example.net'"),
+        ],
+    )
+    assert sorted(errors) == [
+        "properties.defaultHostName: read-only",
+        "properties.functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurency: no such property",
+        "properties.httpsOnyl: no such property",
+        "properties.siteConfig.minTlsVerison: no such property",
+    ]
+
+
+def test_schema_check_catches_a_typo_in_another_package(tmp_path: Path) -> None:
+    keyvault = INFRA / "modules" / "keyvault.bicep"
+    errors = schema_errors_of_copy(tmp_path, keyvault, [("enableRbacAuthorization: true", "enableRbacAuthorisation: true")])
+    assert errors == ["properties.enableRbacAuthorisation: no such property"]
+    # A child resource that has no location of its own.
+    queue_service = "resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {\n  parent: storage\n"
+    storage = schema_errors_of_copy(tmp_path, STORAGE_MODULE, [(queue_service, queue_service + "  location: location\n")])
+    assert storage == ["location: no such property"]

@@ -76,6 +76,12 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   }
 }
 
+// No ftpsState: Flex Consumption refuses it ("... (Site.SiteConfig.FtpsState, ...) for Flex
+// Consumption sites is invalid", microsoft/azure-pipelines-tasks#21032); FTP stays off through the
+// ftp publishing-credentials policy below. scmMinTlsVersion and http20Enabled are kept: the azurerm
+// provider's azurerm_function_app_flex_consumption sends both for Flex sites
+// (hashicorp/terraform-provider-azurerm, ExpandSiteConfigFunctionFlexConsumptionAppV20250501),
+// and the Flex deprecation list does not name them.
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   name: appName
   location: location
@@ -90,12 +96,6 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
-    // No ftpsState: Flex Consumption refuses it ("... (Site.SiteConfig.FtpsState, ...) for Flex
-    // Consumption sites is invalid", microsoft/azure-pipelines-tasks#21032); FTP stays off through the
-    // ftp publishing-credentials policy below. scmMinTlsVersion and http20Enabled are kept: the azurerm
-    // provider's azurerm_function_app_flex_consumption sends both for Flex sites
-    // (hashicorp/terraform-provider-azurerm, ExpandSiteConfigFunctionFlexConsumptionAppV20250501),
-    // and the Flex deprecation list does not name them.
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'

@@ -9,6 +9,14 @@ param openAiSubscriptionId string = ''
 param openAiResourceGroupName string = ''
 param openAiAccountName string = ''
 
+// main.bicep passes false when its azureOpenAiResourceId is malformed: ARM then refuses this
+// module, naming this parameter, before anything reads the account.
+@allowed([
+  true
+])
+@description('false when azureOpenAiResourceId is not /subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.CognitiveServices/accounts/<name>.')
+param azureOpenAiResourceIdIsWellFormed bool = true
+
 @secure()
 @description('The api-key itself, used only when no account is named.')
 param apiKey string = ''
