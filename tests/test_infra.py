@@ -5,7 +5,14 @@
 - the templates agree with the code: every app setting the code reads is set on the Function App
   under its exact name and at the code's default, the queues are the code's queues, and each role
   id is the built-in role its comment names;
-- the locked-down properties that checkov's skipped checks would otherwise cover.
+- the locked-down properties that checkov's skipped checks would otherwise cover;
+- what Azure refuses that the compiler would not: the Flex rules (app settings and site properties
+  Flex Consumption refuses, each with its source), the instance-count range, the non-null
+  assertion on conditional reads (BCP318), the resource-id shape check;
+- host fidelity: the worker thread pool holds every invocation one instance may run, the records'
+  time-to-live is the code's, and the app's identity may send to the results queue;
+- a schema check: every property path set on every resource exists, and is not read-only, in the
+  Azure SDK for Python model of that resource type at the pinned API version (RESOURCE_SCHEMAS).
 
 The code side is read from `shared.settings` (SETTING_DEFAULTS, SETTING_NAMES, SDK_ENVIRONMENT),
 from CONTRACT.md section 1 when the steering `shared/` folder sits beside the repository, and from
