@@ -49,8 +49,10 @@ param keyVaultEnablePurgeProtection bool = true
 @description('Key Vault public network access. Disabled needs a private endpoint and VNet integration, which this template does not create.')
 param keyVaultPublicNetworkAccess string = 'Enabled'
 
+// The range Flex Consumption accepts (Flex Consumption plan docs, "Considerations: Scale"): 40 to 1000.
+@minValue(40)
 @maxValue(1000)
-@description('Most instances the app scales out to.')
+@description('Most instances the app scales out to (Flex Consumption: 40 to 1000).')
 param maximumInstanceCount int = 100
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -71,13 +73,24 @@ var keyVaultVerifyChallengeResource = 'true'
 var upstreamTimeoutSeconds = '30'
 var upstreamMaxRetries = '3'
 var upstreamDeadlineSeconds = '60'
+var resultsTtlSeconds = '-1'
 
-// /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.CognitiveServices/accounts/<name>
-var openAiIdParts = split(azureOpenAiResourceId, '/')
+// /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.CognitiveServices/accounts/<name>:
+// its shape is checked before any part is read (`?:` evaluates only the branch it takes), so a
+// malformed id is refused by the openai-key module's azureOpenAiResourceIdIsWellFormed parameter,
+// which names the problem, instead of failing on an index. (Bicep's fail() would say it here, but
+// the checkov release make test pins cannot parse fail().)
 var useOpenAiAccount = !empty(azureOpenAiResourceId)
+var openAiIdSegments = split(azureOpenAiResourceId, '/')
+var openAiIdHasNineSegments = length(openAiIdSegments) == 9
+var openAiIdPrefixIsRight = openAiIdHasNineSegments ? (empty(openAiIdSegments[0]) && toLower(openAiIdSegments[1]) == 'subscriptions' && toLower(openAiIdSegments[3]) == 'resourcegroups' && toLower(openAiIdSegments[5]) == 'providers') : false
+var openAiIdNamesAnAccount = openAiIdHasNineSegments ? (toLower(openAiIdSegments[6]) == 'microsoft.cognitiveservices' && toLower(openAiIdSegments[7]) == 'accounts') : false
+var openAiIdNamesAreSet = openAiIdHasNineSegments ? (!empty(openAiIdSegments[2]) && !empty(openAiIdSegments[4]) && !empty(openAiIdSegments[8])) : false
+var openAiIdIsWellFormed = openAiIdPrefixIsRight && openAiIdNamesAnAccount && openAiIdNamesAreSet
+var openAiIdParts = openAiIdIsWellFormed ? openAiIdSegments : ['', '', '', '', '', '', '', '', '']
 var keySource = useOpenAiAccount ? 'account' : (!empty(azureOpenAiApiKey) ? 'parameter' : 'none')
 
-resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+resource rg 'Microsoft.Resources/resourceGroups@2024-11-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
   location: location
   tags: tags
@@ -141,11 +154,12 @@ module openAiKey 'modules/openai-key.bicep' = if (keySource != 'none') {
     openAiSubscriptionId: useOpenAiAccount ? openAiIdParts[2] : ''
     openAiResourceGroupName: useOpenAiAccount ? openAiIdParts[4] : ''
     openAiAccountName: useOpenAiAccount ? openAiIdParts[8] : ''
+    azureOpenAiResourceIdIsWellFormed: !useOpenAiAccount || openAiIdIsWellFormed
     apiKey: azureOpenAiApiKey
   }
 }
 
-var openAiEndpoint = !empty(azureOpenAiEndpoint) ? azureOpenAiEndpoint : (useOpenAiAccount ? openAiKey.outputs.endpoint : '')
+var openAiEndpoint = !empty(azureOpenAiEndpoint) ? azureOpenAiEndpoint : (useOpenAiAccount ? openAiKey!.outputs.endpoint : '')
 
 module rbac 'modules/rbac.bicep' = {
   name: 'rbac'
@@ -188,6 +202,7 @@ module api 'modules/functionapp.bicep' = {
     upstreamTimeoutSeconds: upstreamTimeoutSeconds
     upstreamMaxRetries: upstreamMaxRetries
     upstreamDeadlineSeconds: upstreamDeadlineSeconds
+    resultsTtlSeconds: resultsTtlSeconds
   }
   // The host starts with identity-based storage: its roles must exist before it does.
   dependsOn: [

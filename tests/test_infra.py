@@ -5,7 +5,14 @@
 - the templates agree with the code: every app setting the code reads is set on the Function App
   under its exact name and at the code's default, the queues are the code's queues, and each role
   id is the built-in role its comment names;
-- the locked-down properties that checkov's skipped checks would otherwise cover.
+- the locked-down properties that checkov's skipped checks would otherwise cover;
+- what Azure refuses that the compiler would not: the Flex rules (app settings and site properties
+  Flex Consumption refuses, each with its source), the instance-count range, the non-null
+  assertion on conditional reads (BCP318), the resource-id shape check;
+- host fidelity: the worker thread pool holds every invocation one instance may run, the records'
+  time-to-live is the code's, and the app's identity may send to the results queue;
+- a schema check: every property path set on every resource exists, and is not read-only, in the
+  Azure SDK for Python model of that resource type at the pinned API version (RESOURCE_SCHEMAS).
 
 The code side is read from `shared.settings` (SETTING_DEFAULTS, SETTING_NAMES, SDK_ENVIRONMENT),
 from CONTRACT.md section 1 when the steering `shared/` folder sits beside the repository, and from
@@ -82,15 +89,44 @@ NOT_APP_SETTINGS = {
     "SSL_CERT_FILE",
 }
 
-# Flex Consumption takes these from functionAppConfig; as app settings they are rejected or ignored.
-FLEX_FORBIDDEN_SETTINGS = {
-    "FUNCTIONS_WORKER_RUNTIME",
-    "FUNCTIONS_EXTENSION_VERSION",
-    "WEBSITE_RUN_FROM_PACKAGE",
-    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
-    "WEBSITE_CONTENTSHARE",
-    "SCM_DO_BUILD_DURING_DEPLOYMENT",
-    "ENABLE_ORYX_BUILD",
+# The Flex rules: what Flex Consumption refuses or ignores, each with the source that says so.
+# "Flex deprecations" is the "Flex Consumption plan deprecations" section of the Azure Functions app
+# settings reference (learn.microsoft.com/azure/azure-functions/functions-app-settings); Microsoft's
+# reference Flex template (Azure-Samples/functions-quickstart-python-http-azd, infra/app/api.bicep at
+# 7ed4638) sets none of them.
+FLEX_DEPRECATIONS = "Flex deprecations (functions-app-settings#flex-consumption-plan-deprecations)"
+FLEX_REFUSED_APP_SETTINGS = {
+    "FUNCTIONS_WORKER_RUNTIME": f"functionAppConfig.runtime.name instead; {FLEX_DEPRECATIONS}",
+    "FUNCTIONS_WORKER_RUNTIME_VERSION": f"functionAppConfig.runtime.version instead; {FLEX_DEPRECATIONS}",
+    "FUNCTIONS_EXTENSION_VERSION": f"the platform picks the host; {FLEX_DEPRECATIONS}",
+    "WEBSITE_RUN_FROM_PACKAGE": f"functionAppConfig.deployment.storage instead; {FLEX_DEPRECATIONS}",
+    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING": f"no content share on Flex; {FLEX_DEPRECATIONS}",
+    "WEBSITE_CONTENTSHARE": f"no content share on Flex; {FLEX_DEPRECATIONS}",
+    "WEBSITE_CONTENTOVERVNET": f"no content share on Flex; {FLEX_DEPRECATIONS}",
+    "WEBSITE_SKIP_CONTENTSHARE_VALIDATION": f"no content share on Flex; {FLEX_DEPRECATIONS}",
+    "SCM_DO_BUILD_DURING_DEPLOYMENT": f"Flex deployments are one path, no build settings; {FLEX_DEPRECATIONS}",
+    "ENABLE_ORYX_BUILD": f"Flex deployments are one path, no build settings; {FLEX_DEPRECATIONS}",
+    "WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT": f"scaleAndConcurrency.maximumInstanceCount instead; {FLEX_DEPRECATIONS}",
+    "FUNCTIONS_MAX_HTTP_CONCURRENCY": f"scaleAndConcurrency.triggers.http.perInstanceConcurrency instead; {FLEX_DEPRECATIONS}",
+    "FUNCTIONS_WORKER_PROCESS_COUNT": f"{FLEX_DEPRECATIONS}",
+    "WEBSITE_NODE_DEFAULT_VERSION": f"{FLEX_DEPRECATIONS}",
+    "WEBSITE_VNET_ROUTE_ALL": f"{FLEX_DEPRECATIONS}",
+    "WEBSITE_DNS_SERVER": f"{FLEX_DEPRECATIONS}",
+}
+FLEX_REFUSED_SITE_PROPERTIES = {
+    "properties.siteConfig.ftpsState": (
+        'refused: "... (Site.SiteConfig.FtpsState, ...) for Flex Consumption sites is invalid" '
+        f"(microsoft/azure-pipelines-tasks#21032); {FLEX_DEPRECATIONS}"
+    ),
+    "properties.siteConfig.linuxFxVersion": f"functionAppConfig.runtime instead; {FLEX_DEPRECATIONS}",
+    "properties.siteConfig.netFrameworkVersion": f"functionAppConfig.runtime instead; {FLEX_DEPRECATIONS}",
+    "properties.siteConfig.javaVersion": f"functionAppConfig.runtime instead; {FLEX_DEPRECATIONS}",
+    "properties.siteConfig.powerShellVersion": f"functionAppConfig.runtime instead; {FLEX_DEPRECATIONS}",
+    "properties.siteConfig.functionAppScaleLimit": f"scaleAndConcurrency.maximumInstanceCount instead; {FLEX_DEPRECATIONS}",
+    "properties.siteConfig.preWarmedInstanceCount": f"scaleAndConcurrency.alwaysReady instead; {FLEX_DEPRECATIONS}",
+    "properties.siteConfig.minimumElasticInstanceCount": f"scaleAndConcurrency.alwaysReady instead; {FLEX_DEPRECATIONS}",
+    "properties.siteConfig.use32BitWorkerProcess": f"{FLEX_DEPRECATIONS}",
+    "properties.containerSize": f"scaleAndConcurrency.instanceMemoryMB instead; {FLEX_DEPRECATIONS}",
 }
 
 GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -117,6 +153,11 @@ def resource_body(resource: dict[str, Any]) -> dict[str, Any]:
 
 def is_conditional(resource: dict[str, Any]) -> bool:
     return "condition" in resource["config"] and "config" in resource["config"]
+
+
+def is_expression(value: Any) -> bool:
+    """pycep writes a function call or an operator as a one-key dict; an object literal is any other dict."""
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in {"function", "operator"}
 
 
 def resources_of_type(path: Path, resource_type: str) -> dict[str, dict[str, Any]]:
@@ -383,9 +424,29 @@ def test_application_insights_uses_the_identity() -> None:
     assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "ClientId=${identityClientId};Authorization=AAD"
 
 
-def test_no_app_setting_that_flex_consumption_rejects() -> None:
-    forbidden = FLEX_FORBIDDEN_SETTINGS & set(app_settings())
-    assert not forbidden, f"not app settings on Flex Consumption (runtime is functionAppConfig.runtime): {forbidden}"
+def property_paths(value: Any, prefix: str) -> set[str]:
+    """Dotted paths of every property an object literal sets, nested objects included."""
+    paths: set[str] = set()
+    if isinstance(value, dict) and not is_expression(value):
+        for key, child in value.items():
+            paths.add(f"{prefix}.{key}" if prefix else key)
+            paths |= property_paths(child, f"{prefix}.{key}" if prefix else key)
+    return paths
+
+
+@pytest.mark.parametrize("setting", sorted(FLEX_REFUSED_APP_SETTINGS))
+def test_no_app_setting_that_flex_consumption_rejects(setting: str) -> None:
+    assert setting not in app_settings(), f"{setting} is not an app setting on Flex: {FLEX_REFUSED_APP_SETTINGS[setting]}"
+
+
+@pytest.mark.parametrize("path", sorted(FLEX_REFUSED_SITE_PROPERTIES))
+def test_no_site_property_that_flex_consumption_rejects(path: str) -> None:
+    set_paths = property_paths(function_app(), "")
+    assert "properties.siteConfig.minTlsVersion" in set_paths  # the walk reaches siteConfig
+    assert path not in set_paths, f"{path} on a Flex site: {FLEX_REFUSED_SITE_PROPERTIES[path]}"
+
+
+def test_flex_runtime_comes_from_function_app_config() -> None:
     runtime = function_app()["properties"]["functionAppConfig"]["runtime"]
     assert runtime["name"] == "python"
     assert resolve(runtime["version"], FUNCTION_APP_MODULE, module_call(FUNCTION_APP_MODULE)) == "3.11"
@@ -504,10 +565,17 @@ def test_key_vault_is_rbac_only_with_soft_delete_and_purge_protection_by_default
     assert module_call(keyvault)["publicNetworkAccess"] == "keyVaultPublicNetworkAccess"
 
 
-def test_function_app_is_https_only_ftps_off_tls_1_2_on_flex_consumption() -> None:
+def test_function_app_is_https_only_ftp_off_tls_1_2_on_flex_consumption() -> None:
     site = function_app()
     assert site["properties"]["httpsOnly"] is True
-    assert site["properties"]["siteConfig"]["ftpsState"] == "Disabled"
+    # FTP is off through the publishing-credential policies; Flex refuses siteConfig.ftpsState.
+    assert "ftpsState" not in site["properties"]["siteConfig"]
+    policies = resources_of_type(FUNCTION_APP_MODULE, "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
+    assert sorted(resource_body(policy)["name"] for policy in policies.values()) == ["ftp", "scm"]
+    for policy in policies.values():
+        assert resource_body(policy)["properties"] == {"allow": False}
+        # ARM answers "The parameter location has an invalid value" without it (bicep-types-az#1317).
+        assert resource_body(policy)["location"] == "location"
     assert site["properties"]["siteConfig"]["minTlsVersion"] == "1.2"
     assert site["identity"]["type"] == "UserAssigned"
     plan = single(FUNCTION_APP_MODULE, "Microsoft.Web/serverfarms")
@@ -575,3 +643,312 @@ def test_azure_yaml_declares_the_python_function_service() -> None:
     assert "'azd-service-name': serviceName" in FUNCTION_APP_MODULE.read_text()
     assert parsed(FUNCTION_APP_MODULE)["parameters"]["serviceName"]["default"] == "api"
 
+
+
+# --- what Azure refuses that the compiler would not ------------------------------------------
+
+
+def test_maximum_instance_count_is_bounded_to_what_flex_accepts() -> None:
+    """Flex Consumption: the lowest maximum instance count is 40, the highest 1000 (Flex Consumption plan docs)."""
+    for path in (MAIN, FUNCTION_APP_MODULE):
+        parameter = parsed(path)["parameters"]["maximumInstanceCount"]
+        bounds = {decorator["type"]: decorator.get("argument") for decorator in parameter["decorators"]}
+        assert (bounds.get("min_value"), bounds.get("max_value")) == (40, 1000), f"{path.name}: {bounds}"
+        assert 40 <= parameter["default"] <= 1000
+
+
+def conditional_names(path: Path) -> set[str]:
+    """Resources and modules deployed `if (...)`, existing ones included (a loop's null condition is not one)."""
+    doc = parsed(path)
+    return {
+        name
+        for name, declaration in {**doc["resources"], **doc["modules"]}.items()
+        if isinstance(declaration["config"], dict) and declaration["config"].get("condition") is not None
+    }
+
+
+def test_conditional_resources_and_modules_are_read_with_the_non_null_assertion() -> None:
+    """Reading `x.outputs` / `x.properties` / `x.listKeys()` of a conditional `x` warns BCP318; `x!.` does not."""
+    asserted = 0
+    for path in BICEP_FILES:
+        # Comments out (a `//` after a space or at the start; `https://` stays).
+        code = "\n".join(re.sub(r"(^|\s)//.*$", "", line) for line in path.read_text(encoding="utf-8").splitlines())
+        for name in conditional_names(path):
+            bare = re.findall(rf"\b{name}\.(?:outputs|properties|list\w*\(|id\b|name\b)", code)
+            assert not bare, f"{path.name}: {name} is conditional; read it as {name}!.{bare[0].split('.', 1)[1]}"
+            asserted += len(re.findall(rf"\b{name}!\.", code))
+    assert asserted >= 3, "expected the openAiKey module and the openAi account to be read with `!`"
+
+
+def test_openai_resource_id_shape_is_checked_before_its_parts_are_read() -> None:
+    """`split(id, '/')[i]` on a malformed id fails on an index: main.bicep checks the shape first.
+
+    A malformed id reaches the openai-key module as azureOpenAiResourceIdIsWellFormed = false, which
+    its `@allowed([true])` refuses, naming the parameter (fail() would be plainer, but the checkov
+    release pinned in the Makefile cannot parse it).
+    """
+    parts = parsed(MAIN)["variables"]["openAiIdParts"]["value"]["operator"]["operands"]
+    assert (parts["condition"], parts["true_value"]) == ("openAiIdIsWellFormed", "openAiIdSegments")
+    assert parts["false_value"] == [""] * 9  # nine empty parts: no index read can fail
+    text = MAIN.read_text(encoding="utf-8")
+    for line in text.splitlines():
+        if "openAiIdSegments[" in line:  # every index read stands behind the nine-segment test
+            assert "openAiIdHasNineSegments ?" in line, line
+    assert not re.search(r"split\([^)]*\)\s*\[", text), "index a split() only through the checked openAiIdParts"
+    module = INFRA / "modules" / "openai-key.bicep"
+    call = module_call(module)
+    assert "openAiIdParts" in json.dumps(call["openAiSubscriptionId"]) + json.dumps(call["openAiAccountName"])
+    assert "openAiIdIsWellFormed" in json.dumps(call["azureOpenAiResourceIdIsWellFormed"])
+    guard = parsed(module)["parameters"]["azureOpenAiResourceIdIsWellFormed"]
+    assert {"type": "allowed", "argument": [True]} in guard["decorators"], guard["decorators"]
+
+
+def test_readme_says_to_register_the_microsoft_app_provider() -> None:
+    """Flex app creation can fail while Microsoft.App is not registered (Flex Consumption plan docs)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    before = readme.split("### Before you start", 1)[1].split("\n### ", 1)[0]
+    assert "az provider register --namespace Microsoft.App" in before
+
+
+# --- host fidelity: the worker's thread pool, HTTP concurrency, the records' time-to-live ------
+
+
+def test_worker_thread_pool_holds_every_invocation_one_instance_may_run() -> None:
+    """PYTHON_THREADPOOL_THREAD_COUNT = queue batchSize + newBatchThreshold + HTTP per-instance concurrency.
+
+    Unset, the worker runs sync functions on ThreadPoolExecutor's default min(32, cpu + 4) threads
+    (azure-functions-python-worker, azure_functions_worker/dispatcher.py, Dispatcher._get_sync_tp_max_workers:
+    no limit from Python 3.9 on), i.e. 5 on a 1-vCPU Flex instance, while the queue trigger alone may
+    hold batchSize + newBatchThreshold messages at once.
+    """
+    queues = json.loads((REPO / "host.json").read_text(encoding="utf-8"))["extensions"]["queues"]
+    scale = function_app()["properties"]["functionAppConfig"]["scaleAndConcurrency"]
+    caller = module_call(FUNCTION_APP_MODULE)
+    per_instance = int(resolve(scale["triggers"]["http"]["perInstanceConcurrency"], FUNCTION_APP_MODULE, caller))
+    threads = int(app_setting_value("PYTHON_THREADPOOL_THREAD_COUNT"))
+    assert per_instance == 8
+    assert threads == queues["batchSize"] + queues["newBatchThreshold"] + per_instance == 32
+
+
+def test_results_ttl_is_the_codes_default() -> None:
+    """Records never expire unless an operator says so (CONTRACT: RESULTS_TTL_SECONDS, default -1)."""
+    assert app_setting_value("RESULTS_TTL_SECONDS") == code_defaults().get("RESULTS_TTL_SECONDS", "-1")
+
+
+def test_app_identity_may_send_records_to_the_results_queue() -> None:
+    """The app writes records itself (azure-storage-queue send_message) with AZURE_CLIENT_ID's identity.
+
+    Storage Queue Data Contributor on the account, or Message Sender / Contributor on the results
+    queue, allows the send; the identity the SDK uses must be the one the role is granted to.
+    """
+    body = {name: resource_body(r) for name, r in resources_of_type(RBAC_MODULE, "Microsoft.Authorization/roleAssignments").items()}
+    roles = role_variables()
+    granted = {
+        (roles[b["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]], b["scope"])
+        for b in body.values()
+        if b["properties"]["principalId"] == "appPrincipalId"
+    }
+    allows_send = {
+        ("Storage Queue Data Contributor", "storage"),
+        ("Storage Queue Data Contributor", "resultsQueue"),
+        ("Storage Queue Data Message Sender", "resultsQueue"),
+    }
+    assert granted & allows_send, f"the app's roles {granted} do not allow sending to the results queue"
+    assert app_settings()["AZURE_CLIENT_ID"] == "identityClientId"
+    assert "clientId" in json.dumps(module_call(FUNCTION_APP_MODULE)["identityClientId"])
+    assert "principalId" in json.dumps(module_call(RBAC_MODULE)["appPrincipalId"])
+
+
+# --- schema: every property path set exists at the resource's API version ---------------------
+#
+# The schemas are the request-body models of the Azure SDK for Python management packages, whose
+# `_attribute_map` gives each attribute's JSON path ("properties.siteConfig") and type, and whose
+# `_validation` marks the read-only ones. requirements-dev.txt pins releases that carry the API
+# versions below; a package with one API version names it in its client configuration.
+
+RESOURCE_SCHEMAS = {
+    ("Microsoft.Resources/resourceGroups", "2024-11-01"): ("azure.mgmt.resource.resources.v2024_11_01", "ResourceGroup"),
+    ("Microsoft.ManagedIdentity/userAssignedIdentities", "2023-01-31"): ("azure.mgmt.msi.v2023_01_31", "Identity"),
+    ("Microsoft.OperationalInsights/workspaces", "2025-07-01"): ("azure.mgmt.loganalytics", "Workspace"),
+    ("Microsoft.Insights/components", "2020-02-02"): (
+        "azure.mgmt.applicationinsights.v2020_02_02",
+        "ApplicationInsightsComponent",
+    ),
+    ("Microsoft.Storage/storageAccounts", "2023-05-01"): ("azure.mgmt.storage.v2023_05_01", "StorageAccountCreateParameters"),
+    ("Microsoft.Storage/storageAccounts/blobServices", "2023-05-01"): ("azure.mgmt.storage.v2023_05_01", "BlobServiceProperties"),
+    ("Microsoft.Storage/storageAccounts/blobServices/containers", "2023-05-01"): ("azure.mgmt.storage.v2023_05_01", "BlobContainer"),
+    ("Microsoft.Storage/storageAccounts/queueServices", "2023-05-01"): ("azure.mgmt.storage.v2023_05_01", "QueueServiceProperties"),
+    ("Microsoft.Storage/storageAccounts/queueServices/queues", "2023-05-01"): ("azure.mgmt.storage.v2023_05_01", "StorageQueue"),
+    ("Microsoft.KeyVault/vaults", "2023-07-01"): ("azure.mgmt.keyvault.v2023_07_01", "VaultCreateOrUpdateParameters"),
+    ("Microsoft.KeyVault/vaults/secrets", "2023-07-01"): ("azure.mgmt.keyvault.v2023_07_01", "SecretCreateOrUpdateParameters"),
+    ("Microsoft.Web/serverfarms", "2024-04-01"): ("azure.mgmt.web.v2024_04_01", "AppServicePlan"),
+    ("Microsoft.Web/sites", "2024-04-01"): ("azure.mgmt.web.v2024_04_01", "Site"),
+    ("Microsoft.Web/sites/basicPublishingCredentialsPolicies", "2024-04-01"): (
+        "azure.mgmt.web.v2024_04_01",
+        "CsmPublishingCredentialsPoliciesEntity",
+    ),
+    ("Microsoft.Authorization/roleAssignments", "2022-04-01"): (
+        "azure.mgmt.authorization.v2022_04_01",
+        "RoleAssignmentCreateParameters",
+    ),
+}
+SINGLE_VERSION_PACKAGES = {
+    "azure.mgmt.loganalytics": "LogAnalyticsManagementClientConfiguration",
+}
+
+# Bicep's own keywords in a resource body, not ARM properties (`name` is the URL's last segment,
+# which the SDK models mark read-only).
+BICEP_KEYWORDS = {"name", "parent", "scope", "dependsOn"}
+
+# Properties ARM needs that the published API spec leaves out, each with its source.
+SCHEMA_GAPS = {
+    ("Microsoft.Web/sites/basicPublishingCredentialsPolicies", "location"): (
+        'ARM answers "The parameter location has an invalid value" without it; the spec omits it '
+        "(bicep-types-az#1317, #1529, #1571; AVM's basic-publishing-credentials-policy sets it)"
+    ),
+}
+
+
+def schema_model(package: str, model_name: str) -> Any:
+    import importlib
+
+    try:
+        models = importlib.import_module(f"{package}.models")
+    except ImportError as err:
+        pytest.fail(f"{package} is missing ({err}): `make install` installs requirements-dev.txt")
+    return getattr(models, model_name)
+
+
+def schema_tree(model: Any) -> dict[str, Any]:
+    """JSON shape of a model: nested dicts down to (type name, read-only) leaves."""
+    tree: dict[str, Any] = {}
+    for attribute, spec in model._attribute_map.items():
+        segments = [part.replace("\\.", ".") for part in re.split(r"(?<!\\)\.", spec["key"])]
+        node = tree
+        for segment in segments[:-1]:
+            node = node.setdefault(segment, {})
+        readonly = bool(model._validation.get(attribute, {}).get("readonly"))
+        node[segments[-1]] = (spec["type"], readonly)
+    return tree
+
+
+def schema_errors(value: Any, node: Any, path: str, models: Any) -> list[str]:
+    """Where `value` (a pycep object or array literal) sets a path that `node` does not have."""
+    if is_expression(value):
+        return []  # a computed value: its shape is not known here
+    if isinstance(node, tuple):
+        type_name, _ = node
+        if type_name.startswith("[") and isinstance(value, list):
+            return [e for i, item in enumerate(value) for e in schema_errors(item, (type_name[1:-1], False), f"{path}[{i}]", models)]
+        if type_name.startswith("{") and isinstance(value, dict):
+            return [e for key, item in value.items() for e in schema_errors(item, (type_name[1:-1], False), f"{path}.{key}", models)]
+        model = getattr(models, type_name, None)
+        if isinstance(model, type) and hasattr(model, "_attribute_map"):
+            return schema_errors(value, schema_tree(model), path, models)
+        return []  # a primitive: any literal or reference
+    if not isinstance(value, dict):
+        return []  # a reference to a param or var standing for the whole object
+    errors = []
+    for key, child in value.items():
+        where = f"{path}.{key}" if path else key
+        if key not in node:
+            errors.append(f"{where}: no such property")
+        elif isinstance(node[key], tuple) and node[key][1]:
+            errors.append(f"{where}: read-only")
+        else:
+            errors += schema_errors(child, node[key], where, models)
+    return errors
+
+
+def resource_schema_errors(resource: dict[str, Any]) -> list[str]:
+    key = (resource["type"], resource["api_version"])
+    assert key in RESOURCE_SCHEMAS, f"{key[0]}@{key[1]} has no schema in RESOURCE_SCHEMAS"
+    package, model_name = RESOURCE_SCHEMAS[key]
+    model = schema_model(package, model_name)
+    models = __import__(f"{package}.models", fromlist=["models"])
+    tree = schema_tree(model)
+    body = {
+        name: value
+        for name, value in resource_body(resource).items()
+        if name not in BICEP_KEYWORDS and (resource["type"], name) not in SCHEMA_GAPS
+    }
+    return schema_errors(body, tree, "", models)
+
+
+def deployed_resources(path: Path, document: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    resources = (document or parsed(path))["resources"]
+    return {name: resource for name, resource in resources.items() if not resource["existing"]}
+
+
+def test_schema_table_covers_every_deployed_resource_at_a_version_its_package_carries() -> None:
+    used = {(r["type"], r["api_version"]) for path in BICEP_FILES for r in deployed_resources(path).values()}
+    assert used <= set(RESOURCE_SCHEMAS), f"no schema for {sorted(used - set(RESOURCE_SCHEMAS))}"
+    assert set(RESOURCE_SCHEMAS) <= used, f"schemas for types the templates no longer use: {set(RESOURCE_SCHEMAS) - used}"
+    import importlib
+
+    for (resource_type, version), (package, model_name) in RESOURCE_SCHEMAS.items():
+        schema_model(package, model_name)
+        if package in SINGLE_VERSION_PACKAGES:
+            configuration = getattr(importlib.import_module(f"{package}._configuration"), SINGLE_VERSION_PACKAGES[package])
+            carried = configuration(credential=object(), subscription_id="0").api_version
+            assert carried == version, f"{package} carries {carried}, the template pins {resource_type}@{version}"
+        else:
+            assert package.endswith("v" + version.replace("-", "_")), f"{package} is not {resource_type}@{version}"
+
+
+@pytest.mark.parametrize("path", BICEP_FILES, ids=lambda p: str(p.relative_to(INFRA)))
+def test_every_property_set_exists_in_the_schema_of_its_api_version(path: Path) -> None:
+    errors = [
+        f"{name} ({resource['type']}@{resource['api_version']}): {error}"
+        for name, resource in deployed_resources(path).items()
+        for error in resource_schema_errors(resource)
+    ]
+    assert not errors, f"{path.name}:\n" + "\n".join(errors)
+
+
+def test_schema_gaps_are_still_gaps() -> None:
+    """An exception stays only while the schema still lacks the property (else it would hide a typo)."""
+    for (resource_type, name), _source in SCHEMA_GAPS.items():
+        package, model_name = next(v for (t, _), v in RESOURCE_SCHEMAS.items() if t == resource_type)
+        assert name not in schema_tree(schema_model(package, model_name)), f"{resource_type} now has {name}"
+
+
+def schema_errors_of_copy(tmp_path: Path, module: Path, edits: list[tuple[str, str]]) -> list[str]:
+    text = module.read_text(encoding="utf-8")
+    for old, new in edits:
+        assert old in text, f"{old!r} is not in {module.name}: update this test"
+        text = text.replace(old, new, 1)
+    copy = tmp_path / module.name
+    copy.write_text(text, encoding="utf-8")
+    document = BicepParser().parse(file_path=copy)
+    document.setdefault("resources", {})
+    return [error for resource in deployed_resources(copy, document).values() for error in resource_schema_errors(resource)]
+
+
+def test_schema_check_catches_a_typo_at_any_depth_and_a_read_only_property(tmp_path: Path) -> None:
+    errors = schema_errors_of_copy(
+        tmp_path,
+        FUNCTION_APP_MODULE,
+        [
+            ("httpsOnly: true", "httpsOnyl: true"),
+            ("minTlsVersion: '1.2'", "minTlsVerison: '1.2'"),
+            ("perInstanceConcurrency: httpPerInstanceConcurrency", "perInstanceConcurency: httpPerInstanceConcurrency"),
+            ("serverFarmId: plan.id", "serverFarmId: plan.id\n    defaultHostName: 'example.net'"),
+        ],
+    )
+    assert sorted(errors) == [
+        "properties.defaultHostName: read-only",
+        "properties.functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurency: no such property",
+        "properties.httpsOnyl: no such property",
+        "properties.siteConfig.minTlsVerison: no such property",
+    ]
+
+
+def test_schema_check_catches_a_typo_in_another_package(tmp_path: Path) -> None:
+    keyvault = INFRA / "modules" / "keyvault.bicep"
+    errors = schema_errors_of_copy(tmp_path, keyvault, [("enableRbacAuthorization: true", "enableRbacAuthorisation: true")])
+    assert errors == ["properties.enableRbacAuthorisation: no such property"]
+    # A child resource that has no location of its own.
+    queue_service = "resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {\n  parent: storage\n"
+    storage = schema_errors_of_copy(tmp_path, STORAGE_MODULE, [(queue_service, queue_service + "  location: location\n")])
+    assert storage == ["location: no such property"]

@@ -21,6 +21,9 @@ param applicationInsightsConnectionString string
 ])
 param pythonVersion string = '3.11'
 
+// Flex Consumption: the lowest maximum instance count is 40, the highest 1000 (Flex Consumption plan
+// docs, "Considerations: Scale"); outside that range ARM refuses the site.
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 100
 
@@ -30,6 +33,20 @@ param maximumInstanceCount int = 100
   4096
 ])
 param instanceMemoryMB int = 2048
+
+// Concurrent HTTP invocations one instance takes before Flex adds another
+// (functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency; the platform default
+// depends on instance memory). 8 + the queue trigger's batchSize 16 + newBatchThreshold 8 (host.json)
+// = 32 = pythonThreadPoolThreadCount: every invocation one instance may hold gets a worker thread.
+@minValue(1)
+@maxValue(1000)
+param httpPerInstanceConcurrency int = 8
+
+// The Python worker runs sync functions on one ThreadPoolExecutor; unset, its size is
+// ThreadPoolExecutor's default min(32, cpu + 4) (azure-functions-python-worker,
+// azure_functions_worker/dispatcher.py, Dispatcher._get_sync_tp_max_workers), i.e. 5 on a 1-vCPU
+// Flex instance. Our invocations wait on I/O (Key Vault, Azure OpenAI, the queue), so 32.
+param pythonThreadPoolThreadCount string = '32'
 
 // The app settings of CONTRACT section 1; all strings, as app settings are.
 param azureOpenAiEndpoint string
@@ -43,6 +60,7 @@ param cancelResultsQueue string
 param upstreamTimeoutSeconds string
 param upstreamMaxRetries string
 param upstreamDeadlineSeconds string
+param resultsTtlSeconds string
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
@@ -58,6 +76,12 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   }
 }
 
+// No ftpsState: Flex Consumption refuses it ("... (Site.SiteConfig.FtpsState, ...) for Flex
+// Consumption sites is invalid", microsoft/azure-pipelines-tasks#21032); FTP stays off through the
+// ftp publishing-credentials policy below. scmMinTlsVersion and http20Enabled are kept: the azurerm
+// provider's azurerm_function_app_flex_consumption sends both for Flex sites
+// (hashicorp/terraform-provider-azurerm, ExpandSiteConfigFunctionFlexConsumptionAppV20250501),
+// and the Flex deprecation list does not name them.
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   name: appName
   location: location
@@ -75,7 +99,6 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
       appSettings: [
         // Host storage by identity: no connection string, no account key anywhere.
@@ -152,6 +175,14 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           name: 'UPSTREAM_DEADLINE_SECONDS'
           value: upstreamDeadlineSeconds
         }
+        {
+          name: 'RESULTS_TTL_SECONDS'
+          value: resultsTtlSeconds
+        }
+        {
+          name: 'PYTHON_THREADPOOL_THREAD_COUNT'
+          value: pythonThreadPoolThreadCount
+        }
       ]
     }
     functionAppConfig: {
@@ -168,6 +199,11 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'python'
@@ -178,9 +214,14 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
 }
 
 // Publishing goes through Entra ID (azd, az, Core Tools); basic-auth FTP and SCM stay off.
+// ARM needs `location` here ("The parameter location has an invalid value" without it), though the
+// published type leaves it out (bicep-types-az#1317, #1529, #1571); AVM's
+// avm/res/web/site/basic-publishing-credentials-policy sets it too. Bicep warns BCP187 for it.
 resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
   parent: functionApp
   name: 'ftp'
+  #disable-next-line BCP187
+  location: location
   properties: {
     allow: false
   }
@@ -189,6 +230,8 @@ resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2
 resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
   parent: functionApp
   name: 'scm'
+  #disable-next-line BCP187
+  location: location
   properties: {
     allow: false
   }

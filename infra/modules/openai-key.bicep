@@ -9,6 +9,14 @@ param openAiSubscriptionId string = ''
 param openAiResourceGroupName string = ''
 param openAiAccountName string = ''
 
+// main.bicep passes false when its azureOpenAiResourceId is malformed: ARM then refuses this
+// module, naming this parameter, before anything reads the account.
+@allowed([
+  true
+])
+@description('false when azureOpenAiResourceId is not /subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.CognitiveServices/accounts/<name>.')
+param azureOpenAiResourceIdIsWellFormed bool = true
+
 @secure()
 @description('The api-key itself, used only when no account is named.')
 param apiKey string = ''
@@ -20,6 +28,7 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
 }
 
 // The account may live in another resource group or subscription; the deployer needs its listKeys action.
+// Conditional, so every read says `openAi!`: it is read only where fromAccount holds (BCP318).
 resource openAi 'Microsoft.CognitiveServices/accounts@2024-10-01' existing = if (fromAccount) {
   name: openAiAccountName
   scope: resourceGroup(openAiSubscriptionId, openAiResourceGroupName)
@@ -31,9 +40,9 @@ resource apiKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   name: secretName
   properties: {
     contentType: 'Azure OpenAI api-key'
-    value: fromAccount ? openAi.listKeys().key1 : apiKey
+    value: fromAccount ? openAi!.listKeys().key1 : apiKey
   }
 }
 
 // https://<custom subdomain>.openai.azure.com/, the endpoint Azure OpenAI documents for api-key calls.
-output endpoint string = fromAccount ? 'https://${openAi.properties.customSubDomainName}.openai.azure.com/' : ''
+output endpoint string = fromAccount ? 'https://${openAi!.properties.customSubDomainName}.openai.azure.com/' : ''
