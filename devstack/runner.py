@@ -816,7 +816,9 @@ def write_outputs(
     for output in function.queue_outputs:
         for message in output_messages(values.get(output.arg_name)):
             # With messageEncoding none the message is the bytes read as UTF-8 (as .NET's BinaryData.ToString()).
-            content = base64.b64encode(message).decode("ascii") if base64_encode else message.decode("utf-8", "replace")
+            content = (
+                base64.b64encode(message).decode("ascii") if base64_encode else message.decode("utf-8", "replace")
+            )
             queues.send(output.connection_string, output.queue_name, content)
 
 
