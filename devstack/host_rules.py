@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -113,17 +113,20 @@ def newtonsoft_parse(text: str, *, parse_dates: bool = True) -> Any:
     comments, single quotes and unquoted names, where this raises ValueError.
     """
     value = json.loads(text)
-    return _read_dates(value) if parse_dates else value
+    return _map_values(value, _read_date) if parse_dates else value
 
 
-def _read_dates(value: Any) -> Any:
-    if isinstance(value, str):
-        return newtonsoft_date(value) or value
+def _read_date(value: Any) -> Any:
+    return (newtonsoft_date(value) or value) if isinstance(value, str) else value
+
+
+def _map_values(value: Any, change: Callable[[Any], Any]) -> Any:
+    """`value` with `change` applied to every value that is not an object or an array (names stay)."""
     if isinstance(value, dict):
-        return {name: _read_dates(item) for name, item in value.items()}
+        return {name: _map_values(item, change) for name, item in value.items()}
     if isinstance(value, list):
-        return [_read_dates(item) for item in value]
-    return value
+        return [_map_values(item, change) for item in value]
+    return change(value)
 
 
 def dotnet_double(value: float) -> str:
@@ -292,22 +295,13 @@ def queue_trigger_metadata(body: bytes, real: Mapping[str, Datum]) -> dict[str, 
         if value is None or isinstance(value, list):
             continue
         if isinstance(value, dict):
-            datum = Datum(type="json", value=json.dumps(_plain(value), separators=(",", ":")))
+            plain = _map_values(value, lambda item: item.iso() if isinstance(item, NetDateTime) else item)
+            datum = Datum(type="json", value=json.dumps(plain, separators=(",", ":")))
         else:
             datum = Datum(type="string", value=jtoken_text(value))
         key = names.setdefault(name.lower(), name)
         metadata[key] = datum
     return metadata
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, NetDateTime):
-        return value.iso()
-    if isinstance(value, dict):
-        return {name: _plain(item) for name, item in value.items()}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
 
 
 def host_metadata_datum(value: Any) -> Datum:

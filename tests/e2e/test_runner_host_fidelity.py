@@ -8,6 +8,7 @@ body (host GrpcMessageConversionExtensions.cs ToRpcHttp). The rules are in devst
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import threading
@@ -20,22 +21,15 @@ import pytest
 import requests
 from azure.storage.queue import QueueClient
 
-from devstack.runner import FunctionsRunner, HostSettings
+from devstack.runner import FunctionsRunner
 from devstack.stack import Azurite
 
 from .queue_polling import message_count, take_messages, unique_queue_name
+from .test_e2e_runner import FAST_HOST as RUNNER_TEST_HOST
 
 pytestmark = pytest.mark.e2e
 
-FAST_HOST = HostSettings(
-    route_prefix="api",
-    message_encoding="none",
-    max_dequeue_count=2,
-    visibility_timeout=0,
-    batch_size=4,
-    new_batch_threshold=2,
-    max_polling_interval=0.2,
-)
+FAST_HOST = dataclasses.replace(RUNNER_TEST_HOST, max_dequeue_count=2)
 RECORD = {"request_id": "r-1", "finished_at": "2024-05-01T12:00:00.540Z", "note": "café"}
 POOL_SIZE = 2
 HTTP_CALLS = QUEUE_CALLS = 3
@@ -116,7 +110,8 @@ def build_app(seen: Seen) -> func.FunctionApp:
 
 @pytest.fixture
 def queues() -> dict[str, str]:
-    return {name: unique_queue_name(name.split("_")[0].lower()) for name in ("OUTPUT_QUEUE", "METADATA_QUEUE", "HELD_QUEUE")}
+    names = ("OUTPUT_QUEUE", "METADATA_QUEUE", "HELD_QUEUE")
+    return {name: unique_queue_name(name.split("_")[0].lower()) for name in names}
 
 
 @pytest.fixture
