@@ -8,6 +8,9 @@ encoding, batch size and new-batch threshold, polling back-off, visibility timeo
 failure, dequeue count, `<queue>-poison` once the count reaches maxDequeueCount, a processing
 lease renewed while the function runs. Output bindings are written, and a trigger message deleted,
 only when the function returns normally; storage calls are retried while storage is unreachable.
+Between the function and the queues it applies the host's and the worker's conversions
+(devstack/host_rules.py): output values re-serialized as the host writes them, trigger metadata
+overwritten by a JSON message's fields, every invocation in one pool sized like the worker's.
 
 Supported bindings: httpTrigger with its http output (`$return`), queueTrigger and queue outputs.
 Not mirrored: functionTimeout (a Python thread cannot be stopped), identity-based storage
