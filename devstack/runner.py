@@ -8,6 +8,9 @@ encoding, batch size and new-batch threshold, polling back-off, visibility timeo
 failure, dequeue count, `<queue>-poison` once the count reaches maxDequeueCount, a processing
 lease renewed while the function runs. Output bindings are written, and a trigger message deleted,
 only when the function returns normally; storage calls are retried while storage is unreachable.
+Between the function and the queues it applies the host's and the worker's conversions
+(devstack/host_rules.py): output values re-serialized as the host writes them, trigger metadata
+overwritten by a JSON message's fields, every invocation in one pool sized like the worker's.
 
 Supported bindings: httpTrigger with its http output (`$return`), queueTrigger and queue outputs.
 Not mirrored: functionTimeout (a Python thread cannot be stopped), identity-based storage
@@ -55,11 +58,17 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.functions.meta import get_binding_registry
-from azure.functions.queue import QueueMessage, QueueMessageOutConverter
+from azure.functions.meta import Datum, get_binding_registry
+from azure.functions.queue import QueueMessage, QueueMessageInConverter, QueueMessageOutConverter
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from devstack._http import BackgroundServer, EmulatorServer, QuietHandler
+from devstack.host_rules import (
+    host_metadata_datum,
+    host_output_messages,
+    queue_trigger_metadata,
+    worker_thread_count,
+)
 
 logger = logging.getLogger("devstack.runner")  # also when run as __main__
 
@@ -367,6 +376,7 @@ class LocalFunction:
     auth_level: str = "function"
     trigger_queue: str = ""
     trigger_connection_string: str = ""
+    has_return: bool = False  # a `$return` binding (an HTTP trigger's http output)
 
 
 _indexed_apps: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
@@ -390,6 +400,7 @@ def index_functions(app: func.FunctionApp, settings: Mapping[str, str]) -> list[
         name = function.get_function_name()
         trigger_arg, trigger_type, trigger = "", "", {}
         outputs: list[QueueOutput] = []
+        has_return = False
         for binding in function.get_bindings():
             spec = binding.get_dict_repr()
             kind, arg = spec["type"], spec["name"]
@@ -408,7 +419,7 @@ def index_functions(app: func.FunctionApp, settings: Mapping[str, str]) -> list[
                     )
                 )
             elif kind == "http" and arg == "$return":
-                continue
+                has_return = True
             else:
                 raise RunnerError(f"{where}: the local runner does not support '{kind}' bindings")
         if not trigger_type:
@@ -432,6 +443,7 @@ def index_functions(app: func.FunctionApp, settings: Mapping[str, str]) -> list[
             trigger_arg=trigger_arg,
             trigger=trigger,
             queue_outputs=tuple(outputs),
+            has_return=has_return,
         )
         if trigger_type == "httpTrigger":
             methods = trigger.get("methods")
@@ -547,33 +559,84 @@ class OutputValue(func.Out):
         return self._value
 
 
-def invoke(function: LocalFunction, trigger_value: Any) -> tuple[Any, dict[str, Any]]:
-    """Call the user function; return its return value and the values set on its output bindings."""
+class InvocationPool:
+    """The Python worker's one thread pool: every sync invocation, HTTP or queue, runs in it.
+
+    Worker `azure_functions_worker/dispatcher.py`: `__init__` makes one `_sync_call_tp` per process, sized
+    by `_get_sync_tp_max_workers` (see `host_rules.worker_thread_count`), and `_handle__invocation_request`
+    runs a sync function with `loop.run_in_executor(self._sync_call_tp, ...)` and a coroutine function
+    (`fi.is_async`) on the worker's one event loop instead. Callers (HTTP connection threads, the queue
+    listeners' dispatch threads, which stand for the host's side) wait here for a free worker thread.
+    """
+
+    def __init__(self, max_workers: int) -> None:
+        self.max_workers = max_workers
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="worker-sync")
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Sync invocations submitted that wait for a free worker thread."""
+        with self._lock:
+            return self._waiting
+
+    def call(self, user_function: Callable[..., Any], arguments: Mapping[str, Any]) -> Any:
+        """Run one invocation in the worker's pool (or on its event loop) and return its result."""
+        if inspect.iscoroutinefunction(user_function):
+            return asyncio.run_coroutine_threadsafe(user_function(**arguments), self._event_loop()).result()
+        with self._lock:
+            self._waiting += 1
+        try:
+            future = self._executor.submit(self._run, user_function, arguments)
+        except RuntimeError:
+            with self._lock:
+                self._waiting -= 1
+            raise
+        return future.result()
+
+    def _run(self, user_function: Callable[..., Any], arguments: Mapping[str, Any]) -> Any:
+        with self._lock:
+            self._waiting -= 1
+        return user_function(**arguments)
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(target=self._loop.run_forever, name="worker-event-loop", daemon=True).start()
+            return self._loop
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+
+
+def invoke(function: LocalFunction, trigger_value: Any, pool: InvocationPool) -> tuple[Any, dict[str, Any]]:
+    """Call the user function in the worker's pool; return its return value and its output bindings' values.
+
+    A function without a `$return` binding that returns a value fails, as in the worker
+    (`dispatcher.py` `_handle__invocation_request`: "without a $return binding returned a non-None value").
+    """
     outputs = {output.arg_name: OutputValue() for output in function.queue_outputs}
-    result = function.user_function(**{function.trigger_arg: trigger_value}, **outputs)
-    if inspect.isawaitable(result):
-        result = asyncio.run(_awaited(result))
+    result = pool.call(function.user_function, {function.trigger_arg: trigger_value, **outputs})
+    if result is not None and not function.has_return:
+        raise RuntimeError(f"function {function.name!r} without a $return binding returned a non-None value")
     return result, {name: value.get() for name, value in outputs.items()}
 
 
-async def _awaited(awaitable: Any) -> Any:
-    return await awaitable
-
-
-def output_messages(value: Any) -> list[str]:
-    """The queue messages an output value stands for, converted as the Python worker converts it
-    (str, bytes, QueueMessage or a list of str/QueueMessage; anything else fails the invocation)."""
+def output_messages(value: Any) -> list[bytes]:
+    """The queue messages an output value ends as: encoded as the worker encodes it (str, bytes, QueueMessage
+    or a list of str/QueueMessage; anything else fails the invocation), then converted as the host converts
+    it (`host_rules.host_output_messages`: a JSON-looking string re-serialized by Newtonsoft, a list element by
+    element)."""
     if value is None:
-        return []  # the function never set this output
-    datum = QueueMessageOutConverter.encode(value, expected_type=None)
-    if datum.type == "string":
-        return [datum.value]
-    if datum.type == "bytes":
-        return [datum.value.decode("utf-8")]
-    items = json.loads(datum.value)  # type "json": a QueueMessage or a list, one message per item
-    return [
-        item if isinstance(item, str) else json.dumps(item) for item in (items if isinstance(items, list) else [items])
-    ]
+        return []  # the function never set this output (dispatcher.py skips a None output)
+    return host_output_messages(QueueMessageOutConverter.encode(value, expected_type=None))
 
 
 @contextmanager
@@ -604,7 +667,7 @@ def _invocation_log(function: LocalFunction, reason: str) -> Iterator[str]:
 
 
 class _HttpHandler(QuietHandler):
-    """Hands every request to the runner; one thread per connection, so requests run concurrently."""
+    """Hands every request to the runner; one thread per connection, whose invocation waits for the worker's pool."""
 
     server: EmulatorServer
 
@@ -618,8 +681,15 @@ class HttpFrontEnd:
     """Routes `/<routePrefix>/...` to the app's HTTP triggers, checks function keys, builds HttpRequests."""
 
     def __init__(
-        self, functions: Sequence[LocalFunction], *, route_prefix: str, function_key: str, queues: QueueClients
+        self,
+        functions: Sequence[LocalFunction],
+        *,
+        route_prefix: str,
+        function_key: str,
+        queues: QueueClients,
+        pool: InvocationPool,
     ) -> None:
+        self._pool = pool
         http_functions = [f for f in functions if f.http_route is not None]
         self._functions = sorted(http_functions, key=lambda f: f.http_route.precedence)  # type: ignore[union-attr]
         self._prefix = "/" + route_prefix if route_prefix else ""
@@ -628,7 +698,7 @@ class HttpFrontEnd:
 
     def handle_http(self, handler: QuietHandler) -> None:
         raw_path, _, raw_query = handler.path.partition("?")
-        body = handler.read_body()
+        body = forwarded_body(handler.headers.get("Content-Length"), handler.read_body())
         path = _decoded_path(raw_path)
         if path.rstrip("/") == "/admin/host/status":
             handler.send_json(200, {"state": "Running", "version": "local-runner"})
@@ -676,7 +746,7 @@ class HttpFrontEnd:
         """Run the function; a failure answers 500 with no body and writes no output, as the host does."""
         try:
             with _invocation_log(function, "This function was programmatically called via the host APIs."):
-                result, outputs = invoke(function, request)
+                result, outputs = invoke(function, request, self._pool)
                 response = _http_response(result)
                 write_outputs(self._queues, function, outputs)
         except Exception:  # noqa: BLE001 - reported by _invocation_log; the caller gets the host's 500
@@ -708,8 +778,24 @@ def _request_headers(handler: QuietHandler) -> dict[str, str]:
     return {name: ", ".join(values) for name, values in headers.items()}
 
 
+def forwarded_body(content_length: str | None, body: bytes) -> bytes:
+    """The body the function sees: the host forwards one only when Content-Length is above 0, so a chunked
+    body (no Content-Length) arrives empty. Host `src/WebJobs.Script.Grpc/MessageExtensions/
+    GrpcMessageConversionExtensions.cs` `ToRpcHttp`: `if (request.Body != null && request.ContentLength > 0)`.
+    The runner still reads the chunks, to keep the connection usable."""
+    try:
+        return body if content_length is not None and int(content_length) > 0 else b""
+    except ValueError:
+        return b""
+
+
 def _http_response(result: Any) -> tuple[int, list[tuple[str, str]], str, bytes]:
-    """Status, headers, content type and body of what an HTTP function returned (as the Python worker converts it)."""
+    """Status, headers, content type and body of what an HTTP function returned (as the Python worker converts it).
+
+    `azure.functions` http.py `HttpResponseConverter.encode` takes a str or an HttpResponse and raises
+    NotImplementedError for anything else (None, bytes), which the worker's `bindings/meta.py` `get_datum` turns
+    into a TypeError: the invocation fails, and the host answers 500.
+    """
     if isinstance(result, func.HttpResponse):
         headers = [(name, value) for name, value in result.headers.items()]
         content_type = next((value for name, value in headers if name.lower() == "content-type"), None)
@@ -719,12 +805,11 @@ def _http_response(result: Any) -> tuple[int, list[tuple[str, str]], str, bytes]
                 content_type += f"; charset={result.charset}"
         kept = [(n, v) for n, v in headers if n.lower() not in ("content-type", "content-length")]
         return result.status_code, kept, content_type, result.get_body() or b""
-    if isinstance(result, (str, bytes)):
-        body = result.encode("utf-8") if isinstance(result, str) else result
-        return 200, [], "text/plain; charset=utf-8", body
-    if result is None:
-        return 204, [], "text/plain", b""
-    raise TypeError(f"an HTTP function must return func.HttpResponse, str or bytes, not {type(result).__name__}")
+    if isinstance(result, str):
+        return 200, [], "text/plain; charset=utf-8", result.encode("utf-8")
+    raise TypeError(
+        f'unable to encode outgoing TypedData: unsupported type "http" for Python type "{type(result).__name__}"'
+    )
 
 
 def write_outputs(
@@ -733,9 +818,11 @@ def write_outputs(
     """Send what the function set on its queue outputs; runs only after it returned normally."""
     for output in function.queue_outputs:
         for message in output_messages(values.get(output.arg_name)):
-            if base64_encode:
-                message = base64.b64encode(message.encode("utf-8")).decode("ascii")
-            queues.send(output.connection_string, output.queue_name, message)
+            # With messageEncoding none the message is the bytes read as UTF-8 (as .NET's BinaryData.ToString()).
+            content = (
+                base64.b64encode(message).decode("ascii") if base64_encode else message.decode("utf-8", "replace")
+            )
+            queues.send(output.connection_string, output.queue_name, content)
 
 
 # --- queue triggers -------------------------------------------------------------------------------
@@ -767,9 +854,11 @@ class QueueListener:
         queues: QueueClients,
         visibility_timeout: float,
         max_polling_interval: float,
+        pool: InvocationPool,
         processing_lease: float = PROCESSING_LEASE_SECONDS,
     ) -> None:
         self.function = function
+        self._worker_pool = pool
         self._host = host
         self._queues = queues
         self._visibility_timeout = visibility_timeout
@@ -779,6 +868,7 @@ class QueueListener:
         self._max_polling_interval = max(max_polling_interval, MIN_POLLING_INTERVAL)
         self._queue = queues.queue(function.trigger_connection_string, function.trigger_queue)
         self._poison_name = f"{function.trigger_queue}-poison"
+        # The host's side: up to batchSize + newBatchThreshold messages in flight, each waiting for the worker.
         self._concurrency = host.batch_size + host.new_batch_threshold
         self._pool = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix=f"queue-{function.name}")
         self._stop = threading.Event()
@@ -888,7 +978,7 @@ class QueueListener:
                         message.inserted_on,
                         invocation_id,
                     )
-                    _, outputs = invoke(function, self._queue_message(message))
+                    _, outputs = invoke(function, self._queue_message(message), self._worker_pool)
                     # Retried while storage is away (a restart); the invocation fails only if it stays away.
                     write_outputs(
                         self._queues, function, outputs, base64_encode=self._host.message_encoding == "base64"
@@ -974,17 +1064,20 @@ class QueueListener:
                 raise RunnerError(
                     f"message {message.id} is not base64 text, and host.json's messageEncoding is base64"
                 ) from err
-        return QueueMessage(
-            id=message.id,
-            body=body,
-            dequeue_count=message.dequeue_count,
-            expiration_time=message.expires_on,
-            insertion_time=message.inserted_on,
-            time_next_visible=message.next_visible_on,
-            pop_receipt=message.pop_receipt,
+        return queue_message_for_worker(
+            body,
+            {
+                "QueueTrigger": body.decode("utf-8", "replace"),
+                "Id": message.id,
+                "DequeueCount": message.dequeue_count,
+                "ExpirationTime": message.expires_on,
+                "InsertionTime": message.inserted_on,
+                "NextVisibleTime": message.next_visible_on,
+                "PopReceipt": message.pop_receipt,
+            },
         )
 
-    def _after_failure(self, message: Any, pop_receipt: str) -> None:
+    def _after_failure(self, message: Any, pop_receipt: str) -> None:  # the real dequeue count, as the host
         if message.dequeue_count >= self._host.max_dequeue_count:
             self._move_to_poison(message, pop_receipt)
             return
@@ -1008,6 +1101,17 @@ class QueueListener:
         )
         self._queues.send(self.function.trigger_connection_string, self._poison_name, message.content)
         self._delete(message, pop_receipt)
+
+
+def queue_message_for_worker(body: bytes, binding_data: Mapping[str, Any]) -> QueueMessage:
+    """The func.QueueMessage the function gets: built by the worker's own converter (`azure.functions` queue.py
+    `QueueMessageInConverter.decode`) from the trigger metadata the host sends, in which the message's top-level
+    JSON fields have replaced the real values (`host_rules.queue_trigger_metadata`). A field the converter
+    cannot read (`"DequeueCount": "x"`) fails the invocation, as in the worker. The runner settles the
+    message with the real id, pop receipt and dequeue count, as the host does."""
+    real = {name: host_metadata_datum(value) for name, value in binding_data.items() if value is not None}
+    metadata = queue_trigger_metadata(body, real)
+    return QueueMessageInConverter.decode(Datum(type="bytes", value=body), trigger_metadata=metadata)
 
 
 # --- the runner -----------------------------------------------------------------------------------
@@ -1081,6 +1185,7 @@ class FunctionsRunner:
         self._queues = QueueClients()
         self._server: BackgroundServer | None = None
         self._listeners: list[QueueListener] = []
+        self._pool: InvocationPool | None = None
         self.functions: list[LocalFunction] = []
 
     @property
@@ -1094,6 +1199,12 @@ class FunctionsRunner:
         return f"http://{self._address[0]}:{self.port}"
 
     @property
+    def pool(self) -> InvocationPool:
+        """The worker's thread pool every invocation runs in."""
+        assert self._pool is not None, "the runner is not started"
+        return self._pool
+
+    @property
     def api_url(self) -> str:
         prefix = self.host_settings.route_prefix
         return f"{self.base_url}/{prefix}" if prefix else self.base_url
@@ -1103,11 +1214,13 @@ class FunctionsRunner:
             self._environment.apply(self)
         try:
             self.functions = index_functions(self.app, os.environ)
+            self._pool = InvocationPool(worker_thread_count(os.environ))
             front_end = HttpFrontEnd(
                 self.functions,
                 route_prefix=self.host_settings.route_prefix,
                 function_key=self.function_key,
                 queues=self._queues,
+                pool=self._pool,
             )
             try:
                 server = EmulatorServer(self._address, _HttpHandler, app=front_end)
@@ -1125,12 +1238,15 @@ class FunctionsRunner:
                     queues=self._queues,
                     visibility_timeout=self._visibility_timeout,
                     max_polling_interval=self._max_polling_interval,
+                    pool=self._pool,
                     processing_lease=self._processing_lease,
                 )
                 for function in self.functions
                 if function.trigger_type == "queueTrigger"
             ]
         except BaseException:
+            if self._pool is not None:
+                self._pool.shutdown()
             if self._environment is not None:
                 self._environment.restore()
             raise
@@ -1145,6 +1261,8 @@ class FunctionsRunner:
             self._server.stop()
         for listener in self._listeners:
             listener.stop(grace)
+        if self._pool is not None:
+            self._pool.shutdown()
         self._queues.close()
         if self._environment is not None:
             self._environment.restore()

@@ -53,9 +53,11 @@ def test_runner_writes_each_output_once_and_settles_each_message_when_azurite_re
     for body in sent:
         requests_queue.send_message(body)
     host = HostSettings(message_encoding="none", batch_size=8, new_batch_threshold=4, max_polling_interval=0.2)
-    runner = FunctionsRunner(
-        app, host_settings=host, settings={"AzureWebJobsStorage": own_azurite.connection_string}, port=0
-    ).start()
+    settings = {
+        "AzureWebJobsStorage": own_azurite.connection_string,
+        "PYTHON_THREADPOOL_THREAD_COUNT": str(len(sent)),  # the whole batch at once (the worker's default: cpu + 4)
+    }
+    runner = FunctionsRunner(app, host_settings=host, settings=settings, port=0).start()
     try:
         for _ in sent:  # the whole batch is running
             assert started.acquire(timeout=10)
