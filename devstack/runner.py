@@ -50,6 +50,9 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote
 
 import azure.functions as func
+
+# Azurite's development account as the app itself reads `UseDevelopmentStorage=true` (one definition for both).
+from shared.results_queue import development_storage_connection_string, expand_development_storage  # noqa: F401
 from azure.core.exceptions import (
     AzureError,
     HttpResponseError,
@@ -95,9 +98,6 @@ STORAGE_RETRY_SECONDS = 60.0  # far inside the processing lease, so a message be
 STORAGE_RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 # Azurite's well-known development account: what `UseDevelopmentStorage=true` means.
-DEVELOPMENT_ACCOUNT = "devstoreaccount1"
-DEVELOPMENT_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-DEVELOPMENT_QUEUE_PORT = 10001
 
 _SETTING_REFERENCE = re.compile(r"%([^%]+)%")
 _TIMESPAN = re.compile(r"^(?:(\d+)\.)?(\d{1,2}):(\d{1,2}):(\d{1,2}(?:\.\d+)?)$")
@@ -199,19 +199,7 @@ def storage_connection_string(connection: str, settings: Mapping[str, str]) -> s
                 "needs a connection string (Azurite's, or a storage account's)"
             )
         raise RunnerError(f"the storage connection setting {connection} is not set")
-    parts = dict(part.split("=", 1) for part in value.split(";") if "=" in part)
-    if parts.get("UseDevelopmentStorage", "").lower() != "true":
-        return value
-    proxy = parts.get("DevelopmentStorageProxyUri", "http://127.0.0.1").rstrip("/")
-    return development_storage_connection_string(f"{proxy}:{DEVELOPMENT_QUEUE_PORT}")
-
-
-def development_storage_connection_string(queue_origin: str) -> str:
-    """A connection string for Azurite's development account whose queue service is at `queue_origin`."""
-    return (
-        f"DefaultEndpointsProtocol=http;AccountName={DEVELOPMENT_ACCOUNT};AccountKey={DEVELOPMENT_ACCOUNT_KEY};"
-        f"QueueEndpoint={queue_origin.rstrip('/')}/{DEVELOPMENT_ACCOUNT};"
-    )
+    return expand_development_storage(value)
 
 
 def is_transient_storage_error(err: AzureError) -> bool:

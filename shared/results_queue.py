@@ -115,9 +115,14 @@ def expand_development_storage(connection_string: str) -> str:
     if parts.get("UseDevelopmentStorage", "").strip().lower() != "true":
         return connection_string
     origin = parts.get("DevelopmentStorageProxyUri", "http://127.0.0.1").rstrip("/")
+    return development_storage_connection_string(f"{origin}:{DEVELOPMENT_QUEUE_PORT}")
+
+
+def development_storage_connection_string(queue_origin: str) -> str:
+    """A connection string for Azurite's development account whose queue service is at `queue_origin`."""
     return (
         f"DefaultEndpointsProtocol=http;AccountName={DEVELOPMENT_ACCOUNT};AccountKey={DEVELOPMENT_ACCOUNT_KEY};"
-        f"QueueEndpoint={origin}:{DEVELOPMENT_QUEUE_PORT}/{DEVELOPMENT_ACCOUNT};"
+        f"QueueEndpoint={queue_origin.rstrip('/')}/{DEVELOPMENT_ACCOUNT};"
     )
 
 
