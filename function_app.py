@@ -49,6 +49,20 @@ def cancel_job_http_v1(req: func.HttpRequest) -> func.HttpResponse:
     return _cancel_one(req)
 
 
+@app.function_name("cancel_job_http_resource")
+@app.route(route="resources/{resource}/openai/fine_tuning/jobs/{job_id}/cancel", methods=["POST"])
+def cancel_job_http_resource(req: func.HttpRequest) -> func.HttpResponse:
+    """POST /api/resources/{resource}/openai/fine_tuning/jobs/{job_id}/cancel: on a named resource."""
+    return _cancel_one(req)
+
+
+@app.function_name("cancel_job_http_resource_v1")
+@app.route(route="resources/{resource}/openai/v1/fine_tuning/jobs/{job_id}/cancel", methods=["POST"])
+def cancel_job_http_resource_v1(req: func.HttpRequest) -> func.HttpResponse:
+    """POST /api/resources/{resource}/openai/v1/fine_tuning/jobs/{job_id}/cancel: the v1 form."""
+    return _cancel_one(req)
+
+
 @app.function_name("cancel_job_queue")
 @app.queue_trigger(arg_name="msg", queue_name="%CANCEL_REQUESTS_QUEUE%", connection="AzureWebJobsStorage")
 def cancel_job_queue(msg: func.QueueMessage) -> None:
@@ -62,7 +76,10 @@ def cancel_job_queue(msg: func.QueueMessage) -> None:
 @app.route(route="cancel", methods=["POST"])
 def cancel_jobs_bulk(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/cancel with {"job_ids": [...]}: up to 100 jobs, answered in input order."""
-    bulk = cancel_many(req.get_body())
+    bulk = cancel_many(
+        req.get_body(),
+        principal=(req.headers.get("x-ms-client-principal-id"), req.headers.get("x-ms-client-principal-name")),
+    )
     not_written = write_records(bulk.queued)
     return _http_response(bulk_answer(bulk.status_code, bulk.records, error=bulk.error, not_written=not_written))
 
@@ -77,7 +94,11 @@ def health_check(req: func.HttpRequest) -> func.HttpResponse:
 
 def _cancel_one(req: func.HttpRequest) -> func.HttpResponse:
     record = cancel_from_http(
-        req.route_params.get("job_id"), req.headers.get("x-correlation-id"), req.params.get("wait_seconds")
+        req.route_params.get("job_id"),
+        req.headers.get("x-correlation-id"),
+        req.params.get("wait_seconds"),
+        resource=req.route_params.get("resource"),
+        principal=(req.headers.get("x-ms-client-principal-id"), req.headers.get("x-ms-client-principal-name")),
     )
     return _http_response(record_answer(record, write_records([record])))
 

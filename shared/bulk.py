@@ -8,9 +8,10 @@ cancels share one time budget, and `wait_seconds` bounds the waiting of all of t
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 
-from shared.cancel import cancel_requests, rejected_record
+from shared.cancel import allowed_resources, caller_of, cancel_requests, rejected_record
 from shared.records import (
     CancelRequest,
     InvalidRequest,
@@ -20,6 +21,7 @@ from shared.records import (
     utc_now,
     validate_correlation_id,
     validate_job_id,
+    validate_resource,
     validate_wait_seconds,
 )
 
@@ -42,43 +44,60 @@ class BulkResult:
         return list(unique.values())
 
 
-def cancel_many(body: bytes) -> BulkResult:
-    """Read `{"job_ids": [...], "correlation_id": ..., "wait_seconds": ...}` and cancel each id."""
+def cancel_many(body: bytes, *, principal: tuple[str | None, str | None] = (None, None)) -> BulkResult:
+    """Read `{"job_ids": [...], "resource": ..., "correlation_id": ..., "wait_seconds": ...}`; cancel each id.
+
+    An item is a job id, or `{"job_id": ..., "resource": ...}` to name its own resource (else the body's,
+    else `default`), so one call can span resources.
+    """
     received_at = utc_now()
+    caller = caller_of(principal)
+    allowed = allowed_resources()
     try:
-        job_ids, correlation_id, wait_seconds = _read_body(body)
+        job_ids, correlation_id, wait_seconds, resource = _read_body(body, allowed)
     except InvalidRequest as err:
-        record = rejected_record(err, Trigger.HTTP, received_at, job_id=None)
+        record = rejected_record(err, Trigger.HTTP, received_at, job_id=None, caller=caller)
         return BulkResult(400, [record], error=record.error)
-    by_job_id: dict[object, ResultRecord] = {}
+    by_key: dict[object, ResultRecord] = {}
     requests: dict[object, CancelRequest] = {}
-    for position, raw in enumerate(job_ids):
-        key = _key(raw, position)
-        if key in by_job_id or key in requests:
+    for position, item in enumerate(job_ids):
+        key = _key(item, position, resource)
+        if key in by_key or key in requests:
             continue
+        raw_job_id, raw_resource = (item.get("job_id"), item.get("resource", resource)) if isinstance(item, dict) else (
+            item,
+            resource,
+        )
         try:
             requests[key] = CancelRequest(
-                job_id=validate_job_id(raw),
+                resource=validate_resource(raw_resource, allowed),  # before the job id
+                job_id=validate_job_id(raw_job_id),
                 trigger=Trigger.HTTP,
                 correlation_id=correlation_id,
                 wait_seconds=wait_seconds,
+                caller=caller,
                 received_at=received_at,
             )
         except InvalidRequest as err:
-            by_job_id[key] = rejected_record(err, Trigger.HTTP, received_at, job_id=err.job_id)
-            by_job_id[key].correlation_id = correlation_id
+            job_id_seen = err.job_id if err.target == "job_id" else (raw_job_id if isinstance(raw_job_id, str) else None)
+            by_key[key] = rejected_record(err, Trigger.HTTP, received_at, job_id=job_id_seen, caller=caller)
+            by_key[key].correlation_id = correlation_id
     cancelled = cancel_requests(list(requests.values()), wait_seconds=wait_seconds, concurrency=BULK_CONCURRENCY)
-    by_job_id.update(zip(requests, cancelled, strict=True))
-    records = [by_job_id[_key(raw, position)] for position, raw in enumerate(job_ids)]
+    by_key.update(zip(requests, cancelled, strict=True))
+    records = [by_key[_key(item, position, resource)] for position, item in enumerate(job_ids)]
     return BulkResult(200, records)
 
 
-def _key(raw: object, position: int) -> object:
-    """Strings are de-duplicated by value; anything else is its own item (never a job id)."""
-    return raw if isinstance(raw, str) else position
+def _key(item: object, position: int, resource: str) -> object:
+    """(resource, job id) of a string or an object item, de-duplicated by value; anything else is its own item."""
+    if isinstance(item, str):
+        return (resource, item)
+    if isinstance(item, dict) and isinstance(item.get("job_id"), str) and isinstance(item.get("resource", ""), str):
+        return (item.get("resource", resource), item["job_id"])
+    return position
 
 
-def _read_body(body: bytes) -> tuple[list[object], str | None, float]:
+def _read_body(body: bytes, allowed: Collection[str] | None) -> tuple[list[object], str | None, float, str]:
     try:
         payload = json.loads(body.decode("utf-8-sig"))  # a leading byte order mark is ignored
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError  # RecursionError: nested too deeply
@@ -95,4 +114,5 @@ def _read_body(body: bytes) -> tuple[list[object], str | None, float]:
         job_ids,
         validate_correlation_id(payload.get("correlation_id")),
         validate_wait_seconds(payload.get("wait_seconds")),
+        validate_resource(payload.get("resource"), allowed),
     )

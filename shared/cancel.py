@@ -14,14 +14,13 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from shared.api_key import ApiKeySource
-from shared.entra_token import TokenSource
 from shared.errors import CancelError, CredentialUnavailable, KeyRefused, RetryableStatus, UnreadableBody
 from shared.records import (
     CancelRequest,
@@ -30,20 +29,16 @@ from shared.records import (
     ResultRecord,
     Trigger,
     parse_queue_message,
+    shorten,
     utc_now,
     validate_correlation_id,
     validate_job_id,
+    validate_resource,
     validate_wait_seconds,
 )
 from shared.results_queue import RecordNotWritten, results_queue
-from shared.settings import (
-    API_KEY_AUTH,
-    AZURE_OPENAI_AUTH,
-    ENTRA_AUTH,
-    Settings,
-    SettingsError,
-    load_settings,
-)
+from shared.resource_client import ResourceClient
+from shared.settings import DEFAULT_RESOURCE, Settings, SettingsError, load_settings
 from shared.upstream import CallTrace, UpstreamClient, UpstreamReply
 
 logger = logging.getLogger(__name__)
@@ -52,38 +47,27 @@ TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 FIRST_POLL_DELAY = 0.5  # waiting for a cancel to take: GET after 0.5 s, 1 s, 2 s ... 5 s apart
 MAX_POLL_DELAY = 5.0
 MISCONFIGURED_RETRY_AFTER_SECONDS = 30
-KEYS_DISABLED_CODE = "AuthenticationTypeDisabled"  # Azure's answer to an api-key when key access is off
-# The least built-in role that may cancel fine-tuning jobs (Cognitive Services OpenAI User may not).
-OPENAI_ROLE = "Cognitive Services OpenAI Contributor"
 LOGGED_MESSAGE_LENGTH = 500  # an upstream error message may be huge; a log line is not the place for all of it
 MAX_REQUEST_SECONDS = 200  # a whole request: Azure's front end drops an HTTP request after 230 s
 DEFAULT_MAX_DEQUEUE_COUNT = 5  # the host's own default when host.json sets none
 
 
 class CancelService:
-    """Cancels fine-tuning jobs with the api-key from Key Vault; one per process and configuration."""
+    """Cancels fine-tuning jobs on the allow-listed resources; one per process and configuration."""
 
     def __init__(self, settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings
         self._sleep = sleep
-        self.credentials: ApiKeySource | TokenSource
-        if settings.auth == ENTRA_AUTH:
-            self.credentials = TokenSource()  # Key Vault is never read in this mode
-        else:
-            assert settings.key_vault_url is not None  # required in api-key mode (shared.settings)
-            self.credentials = ApiKeySource(
-                vault_url=settings.key_vault_url,
-                secret_name=settings.key_secret_name,
-                cache_seconds=settings.secret_cache_seconds,
-                verify_challenge_resource=settings.verify_challenge_resource,
-            )
-        self.upstream = UpstreamClient(settings, sleep=sleep)
+        self.clients = {
+            name: ResourceClient(settings, resource, sleep=sleep) for name, resource in settings.resources.items()
+        }
 
     @property
     def api_keys(self) -> ApiKeySource:
-        """The api-key source (api-key mode only)."""
-        assert isinstance(self.credentials, ApiKeySource)
-        return self.credentials
+        """The `default` resource's api-key source (api-key mode only)."""
+        credentials = self.clients[DEFAULT_RESOURCE].credentials
+        assert isinstance(credentials, ApiKeySource)
+        return credentials
 
     def cancel(self, request: CancelRequest, *, deadline: float | None = None) -> ResultRecord:
         """Cancel one job and describe how it ended; never raises for an upstream or vault failure.
@@ -104,7 +88,8 @@ class CancelService:
 
     def _cancel(self, request: CancelRequest, trace: CallTrace, deadline: float) -> ResultRecord:
         job_id = request.job_id
-        reply = self._with_credential(lambda auth: self.upstream.cancel_job(job_id, auth, deadline=deadline, trace=trace))
+        client = self.clients[request.resource]  # the name was checked against the allow-list
+        reply = client.cancel_job(job_id, deadline=deadline, trace=trace)
         if 200 <= reply.status < 300:
             return _record(request, Outcome.CANCELLED, 200, job=_job_body(reply, job_id))
         if reply.status >= 500:  # 501, 505 ...: not retried here (section 6), but still a 503 (section 3)
@@ -113,7 +98,7 @@ class CancelService:
             )
         if reply.status in (400, 409):
             # Upstream refuses to cancel a finished job; a GET says whether that is the reason.
-            current = self._with_credential(lambda auth: self.upstream.get_job(job_id, auth, deadline=deadline, trace=trace))
+            current = client.get_job(job_id, deadline=deadline, trace=trace)
             job = current.body if current.status == 200 and is_job(current.body, job_id) else None
             state = job.get("status") if job else None
             if state == "cancelled":
@@ -158,7 +143,7 @@ class CancelService:
         job_id = record.job_id or ""
         trace = CallTrace()
         try:
-            reply = self._with_credential(lambda auth: self.upstream.get_job(job_id, auth, deadline=until, trace=trace))
+            reply = self.clients[record.resource or DEFAULT_RESOURCE].get_job(job_id, deadline=until, trace=trace)
         except CancelError as err:
             logger.info("waiting for %s: GET failed (%s); still waiting", job_id, err.message)
             reply = None
@@ -167,61 +152,35 @@ class CancelService:
         if reply is not None and reply.status == 200 and is_job(reply.body, job_id):
             record.job = reply.body
 
-    def _with_credential(self, call: Callable[[Mapping[str, str]], UpstreamReply]) -> UpstreamReply:
-        """Make the call; on 401/403 get a fresh api-key (Key Vault) or token and retry once."""
-        secret = self.credentials.get()
-        reply = call(self._auth_header(secret))
-        if reply.status not in (401, 403):
-            return reply
-        if self.settings.auth == API_KEY_AUTH and _error_code(reply) == KEYS_DISABLED_CODE:
-            raise KeyRefused(
-                f"the Azure OpenAI resource {self.settings.openai_endpoint} refuses api-keys (key access is "
-                f"disabled): set the app setting {AZURE_OPENAI_AUTH}={ENTRA_AUTH} and give the app's identity the "
-                f"'{OPENAI_ROLE}' role on the resource",
-                status=reply.status,
-                request_id=reply.request_id,
-            )
-        logger.info("Azure OpenAI refused the %s (%d); getting a fresh one", self._credential_name, reply.status)
-        reply = call(self._auth_header(self.credentials.refresh(refused=secret)))
-        if reply.status in (401, 403):
-            raise KeyRefused(self._refused_message(reply.status), status=reply.status, request_id=reply.request_id)
-        return reply
 
-    @property
-    def _credential_name(self) -> str:
-        return "api-key" if self.settings.auth == API_KEY_AUTH else "token"
+def cancel_from_http(
+    job_id: object,
+    correlation_id: object,
+    wait_seconds: object = None,
+    *,
+    resource: object = None,
+    principal: tuple[str | None, str | None] = (None, None),
+) -> ResultRecord:
+    """The HTTP trigger's request: route's resource and job id, `x-correlation-id` header, `wait_seconds` query.
 
-    def _auth_header(self, secret: str) -> dict[str, str]:
-        if self.settings.auth == ENTRA_AUTH:
-            return {"Authorization": f"Bearer {secret}"}
-        return {"api-key": secret}
-
-    def _refused_message(self, status: int) -> str:
-        if self.settings.auth == ENTRA_AUTH:
-            return (
-                f"Azure OpenAI refused the app's Entra ID token ({status}) even after a fresh one: the app's identity "
-                f"needs the '{OPENAI_ROLE}' role on {self.settings.openai_endpoint}"
-            )
-        return (
-            f"Azure OpenAI refused the function's api-key ({status}) even after it was read again "
-            f"from Key Vault secret '{self.settings.key_secret_name}': the secret must hold a current "
-            f"key of {self.settings.openai_endpoint}"
-        )
-
-def cancel_from_http(job_id: object, correlation_id: object, wait_seconds: object = None) -> ResultRecord:
-    """The HTTP trigger's request: route's job id, `x-correlation-id` header, `wait_seconds` query."""
+    `principal` is the `x-ms-client-principal-id` and `-name` headers: the record's `caller` when App Service
+    Authentication is on (only then does the platform set them; otherwise anyone could).
+    """
     received_at = utc_now()
+    caller = caller_of(principal)
     try:
         request = CancelRequest(
+            resource=validate_resource(resource, allowed_resources()),  # before the job id
             job_id=validate_job_id(job_id),
             trigger=Trigger.HTTP,
             correlation_id=validate_correlation_id(correlation_id),
             wait_seconds=validate_wait_seconds(wait_seconds, from_query=True),
+            caller=caller,
             received_at=received_at,
         )
     except InvalidRequest as err:
-        readable_job_id = err.job_id if err.target == "job_id" else str(job_id)
-        return rejected_record(err, Trigger.HTTP, received_at, job_id=readable_job_id)
+        readable_job_id = err.job_id if err.target == "job_id" else shorten(str(job_id))
+        return rejected_record(err, Trigger.HTTP, received_at, job_id=readable_job_id, caller=caller)
     [record] = cancel_requests([request], wait_seconds=request.wait_seconds)
     return record
 
@@ -234,7 +193,9 @@ def cancel_from_queue(body: bytes, *, dequeue_count: int | None, message_id: str
     """
     received_at = utc_now()
     try:
-        request = parse_queue_message(body, dequeue_count=dequeue_count, request_id=message_id)
+        request = parse_queue_message(
+            body, dequeue_count=dequeue_count, request_id=message_id, resources=allowed_resources()
+        )
     except InvalidRequest as err:
         return rejected_record(
             err, Trigger.QUEUE, received_at, job_id=err.job_id, dequeue_count=dequeue_count, request_id=message_id
@@ -298,6 +259,30 @@ class _ServiceHolder:
 
 
 _services = _ServiceHolder()
+
+
+def allowed_resources() -> Collection[str] | None:
+    """The allow-list of resource names; None while the settings are bad (every cancel then says so)."""
+    try:
+        return load_settings().resources.keys()
+    except SettingsError:
+        return None
+
+
+def caller_of(principal: tuple[str | None, str | None]) -> dict[str, str | None] | None:
+    """Who asked, from App Service Authentication's headers, trusted only while it is on (`WEBSITE_AUTH_ENABLED`)."""
+    principal_id, name = principal
+    try:
+        platform_auth = load_settings().platform_auth
+    except SettingsError:
+        return None
+    if not platform_auth or (principal_id is None and name is None):
+        return None
+    return {"id": _header_text(principal_id), "name": _header_text(name)}
+
+
+def _header_text(value: str | None) -> str | None:
+    return shorten(value) if value is not None else None
 
 
 def current_service() -> CancelService:
@@ -377,6 +362,8 @@ def _record(
         error=error,
         correlation_id=request.correlation_id,
         dequeue_count=request.dequeue_count,
+        resource=request.resource,
+        caller=request.caller,
     )
 
 
@@ -388,6 +375,7 @@ def rejected_record(
     job_id: str | None,
     dequeue_count: int | None = None,
     request_id: str | None = None,
+    caller: dict[str, str | None] | None = None,
 ) -> ResultRecord:
     record = ResultRecord(
         job_id=job_id,
@@ -398,6 +386,8 @@ def rejected_record(
         received_at=received_at,
         error={"code": "invalidPayload", "message": err.message, "target": err.target},
         dequeue_count=dequeue_count,
+        resource=err.resource,
+        caller=caller,
     )
     _log_end(record)
     return record
@@ -454,11 +444,6 @@ def _upstream_error(reply: UpstreamReply) -> dict[str, Any]:
             _unexpected_body(reply, "an error response"), status=reply.status, request_id=reply.request_id
         )
     return error
-
-
-def _error_code(reply: UpstreamReply) -> object:
-    error = reply.body.get("error") if isinstance(reply.body, dict) else None
-    return error.get("code") if isinstance(error, dict) else None
 
 
 def _non_empty_text(value: object) -> bool:

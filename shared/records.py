@@ -7,12 +7,14 @@ import binascii
 import json
 import re
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
 from shared.record_text import fitted_record_text
+from shared.settings import DEFAULT_RESOURCE
 
 JOB_ID_PATTERN = re.compile(r"(ftjob|ft)-[A-Za-z0-9]{1,64}")  # use with fullmatch
 CORRELATION_ID_MAX_LENGTH = 128
@@ -52,11 +54,14 @@ class Trigger(str, Enum):
 class InvalidRequest(Exception):
     """The request cannot be served as sent: a bad job id, correlation id or message."""
 
-    def __init__(self, message: str, *, target: str, job_id: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, target: str, job_id: str | None = None, resource: str | None = DEFAULT_RESOURCE
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.target = target
         self.job_id = job_id
+        self.resource = resource  # the resource as the request named it (cut), for the rejected record
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class CancelRequest:
     correlation_id: str | None = None
     dequeue_count: int | None = None
     wait_seconds: float = 0.0
+    resource: str = DEFAULT_RESOURCE
+    caller: dict[str, str | None] | None = None
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     received_at: datetime = field(default_factory=lambda: utc_now())
 
@@ -114,6 +121,25 @@ def validate_correlation_id(correlation_id: object) -> str | None:
     )
 
 
+def validate_resource(resource: object, allowed: Collection[str] | None) -> str:
+    """The resource a request names (absent: `default`), if it is on the allow-list; else `InvalidRequest`.
+
+    `allowed` is None only while the settings cannot be read; the request then ends as misconfigured anyway.
+    """
+    if resource is None:
+        resource = DEFAULT_RESOURCE
+    if isinstance(resource, str) and (allowed is None or resource in allowed):
+        return resource
+    shown = shorten(resource) if isinstance(resource, str) else None
+    raise InvalidRequest(
+        f"resource '{shown}' is not one this app cancels jobs on (its allow-list: AZURE_OPENAI_RESOURCES)"
+        if shown is not None
+        else "resource must be the name of an allow-listed resource",
+        target="resource",
+        resource=shown,
+    )
+
+
 def validate_wait_seconds(wait_seconds: object, *, from_query: bool = False) -> float:
     """Seconds to wait for the job to reach a final state after a cancel: 0 (absent) to 120.
 
@@ -137,7 +163,13 @@ def validate_wait_seconds(wait_seconds: object, *, from_query: bool = False) -> 
     return seconds
 
 
-def parse_queue_message(body: bytes, *, dequeue_count: int | None, request_id: str | None = None) -> CancelRequest:
+def parse_queue_message(
+    body: bytes,
+    *,
+    dequeue_count: int | None,
+    request_id: str | None = None,
+    resources: Collection[str] | None = None,
+) -> CancelRequest:
     """Read a queue message body: a bare job id or a JSON object, either optionally base64-encoded.
 
     A leading UTF-8 byte order mark is ignored, and base64 may be wrapped over lines (GNU `base64`, MIME).
@@ -153,8 +185,9 @@ def parse_queue_message(body: bytes, *, dequeue_count: int | None, request_id: s
     if _BASE64_TEXT.fullmatch(unwrapped):  # base64 text holds neither "-" nor "{": unambiguous
         text = _base64_decoded(unwrapped) or text
     if text.startswith("{"):
-        request = _parse_json_message(text, dequeue_count=dequeue_count)
+        request = _parse_json_message(text, dequeue_count=dequeue_count, resources=resources)
     else:
+        validate_resource(None, resources)  # a bare id means `default`, which must be on the allow-list
         request = CancelRequest(job_id=validate_job_id(text), trigger=Trigger.QUEUE, dequeue_count=dequeue_count)
     return replace(request, request_id=request_id) if request_id else request
 
@@ -167,7 +200,7 @@ def _base64_decoded(text: str) -> str | None:
         return None
 
 
-def _parse_json_message(text: str, *, dequeue_count: int | None) -> CancelRequest:
+def _parse_json_message(text: str, *, dequeue_count: int | None, resources: Collection[str] | None) -> CancelRequest:
     try:
         message = json.loads(text)
     except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
@@ -175,27 +208,42 @@ def _parse_json_message(text: str, *, dequeue_count: int | None) -> CancelReques
     if not isinstance(message, dict) or "job_id" not in message:
         raise InvalidRequest(f"JSON message needs a \"job_id\" field: '{shorten(text)}'", target="job_id")
     raw_job_id = message["job_id"]
+    readable_job_id = shorten(raw_job_id) if isinstance(raw_job_id, str) else None
     for name in message:
         if name.lower() in QUEUE_METADATA_NAMES:
             raise InvalidRequest(
                 f"field '{shorten(name)}' has the name of the queue message's own metadata, which the Functions host "
                 "replaces with the field's value, so this message's delivery count cannot be trusted: remove the field",
                 target=name,
-                job_id=shorten(raw_job_id) if isinstance(raw_job_id, str) else None,
+                job_id=readable_job_id,
+                resource=_readable_resource(message.get("resource")),
             )
-    job_id = validate_job_id(raw_job_id)
     try:
+        resource = validate_resource(message.get("resource"), resources)  # before the job id
+    except InvalidRequest as err:
+        raise InvalidRequest(err.message, target=err.target, job_id=readable_job_id, resource=err.resource) from err
+    try:
+        job_id = validate_job_id(raw_job_id)
         correlation_id = validate_correlation_id(message.get("correlation_id"))
         wait_seconds = validate_wait_seconds(message.get("wait_seconds"))
     except InvalidRequest as err:
-        raise InvalidRequest(err.message, target=err.target, job_id=job_id) from err
+        job_id_seen = err.job_id if err.target == "job_id" else raw_job_id
+        raise InvalidRequest(err.message, target=err.target, job_id=job_id_seen, resource=resource) from err
     return CancelRequest(
         job_id=job_id,
         trigger=Trigger.QUEUE,
         correlation_id=correlation_id,
         dequeue_count=dequeue_count,
         wait_seconds=wait_seconds,
+        resource=resource,
     )
+
+
+def _readable_resource(resource: object) -> str | None:
+    """The resource as a rejected record shows it: the name given (cut), `default` when none, else null."""
+    if resource is None:
+        return DEFAULT_RESOURCE
+    return shorten(resource) if isinstance(resource, str) else None
 
 
 @dataclass
@@ -216,6 +264,8 @@ class ResultRecord:
     attempts: int = 0
     dequeue_count: int | None = None
     completed_at: datetime = field(default_factory=utc_now)
+    resource: str | None = DEFAULT_RESOURCE
+    caller: dict[str, str | None] | None = None
     waited_seconds: float | None = None  # only when the request asked to wait
     retry_after_seconds: int | None = field(default=None, repr=False)
 
@@ -237,6 +287,8 @@ class ResultRecord:
             "dequeue_count": self.dequeue_count,
             "received_at": format_time(self.received_at),
             "completed_at": format_time(self.completed_at),
+            "resource": self.resource,
+            "caller": self.caller,
         }
         if self.waited_seconds is not None:
             shaped["waited_seconds"] = round(self.waited_seconds, 3)

@@ -7,12 +7,13 @@ values stay the same, so each process reads and validates its configuration once
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import re
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 logger = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 AZURE_OPENAI_ENDPOINT = "AZURE_OPENAI_ENDPOINT"
 AZURE_OPENAI_API_VERSION = "AZURE_OPENAI_API_VERSION"
 AZURE_OPENAI_AUTH = "AZURE_OPENAI_AUTH"
+AZURE_OPENAI_RESOURCES = "AZURE_OPENAI_RESOURCES"
 KEY_VAULT_URL = "KEY_VAULT_URL"
 AZURE_OPENAI_KEY_SECRET_NAME = "AZURE_OPENAI_KEY_SECRET_NAME"
 SECRET_CACHE_SECONDS = "SECRET_CACHE_SECONDS"
@@ -49,6 +51,9 @@ SETTING_DEFAULTS: Mapping[str, str] = {
 }
 REQUIRED_SETTINGS = (AZURE_OPENAI_ENDPOINT, KEY_VAULT_URL, AZURE_WEB_JOBS_STORAGE)  # KEY_VAULT_URL: api-key mode
 SETTING_NAMES = (*REQUIRED_SETTINGS, *SETTING_DEFAULTS)
+# Optional settings with no default, which the deployment template does not set (yet).
+WEBSITE_AUTH_ENABLED = "WEBSITE_AUTH_ENABLED"  # set by App Service when its Authentication is on
+OPTIONAL_SETTINGS = (AZURE_OPENAI_RESOURCES, WEBSITE_AUTH_ENABLED)
 
 # Read by the SDKs our code path goes through; a change to them must rebuild the clients too.
 SDK_ENVIRONMENT = (
@@ -69,6 +74,9 @@ _QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
 _SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
 _API_VERSION = re.compile(r"^(\d{4}-\d{2}-\d{2}(-preview)?|v1)$")
 V1_API_VERSION = "v1"
+DEFAULT_RESOURCE = "default"  # AZURE_OPENAI_ENDPOINT's resource, and what a request that names none means
+RESOURCE_NAME = re.compile(r"[a-z0-9-]{1,40}")  # use with fullmatch
+RESOURCE_FIELDS = ("endpoint", "auth", "key_secret_name", "api_version")
 API_KEY_AUTH, ENTRA_AUTH = "api-key", "entra"
 AUTH_MODES = (API_KEY_AUTH, ENTRA_AUTH)
 _TRUE = {"true", "1", "yes"}
@@ -85,13 +93,24 @@ class SettingsError(Exception):
 
 
 @dataclass(frozen=True)
+class ResourceSettings:
+    """One Azure OpenAI resource the app may cancel jobs on: `default`, or a name of `AZURE_OPENAI_RESOURCES`."""
+
+    name: str
+    endpoint: str
+    api_version: str  # a dated version, or "v1" for the /openai/v1 API (no api-version parameter)
+    auth: str  # "api-key" (from Key Vault) or "entra" (a token from the app's identity)
+    key_secret_name: str  # the Key Vault secret of its api-key (api-key mode)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Validated configuration of one function app process."""
 
-    openai_endpoint: str
-    api_version: str  # a dated version, or "v1" for the /openai/v1 API (no api-version parameter)
-    auth: str  # "api-key" (from Key Vault) or "entra" (a token from the app's identity)
-    key_vault_url: str | None  # None in "entra" mode, which never reads Key Vault
+    openai_endpoint: str | None  # the `default` resource's, when AZURE_OPENAI_ENDPOINT is set
+    api_version: str
+    auth: str
+    key_vault_url: str | None  # None when no resource uses an api-key: Key Vault is then never read
     key_secret_name: str
     secret_cache_seconds: float
     verify_challenge_resource: bool
@@ -101,6 +120,8 @@ class Settings:
     upstream_max_retries: int
     upstream_deadline_seconds: float
     results: ResultsQueueSettings
+    resources: Mapping[str, ResourceSettings] = field(compare=False)  # the allow-list, by name
+    platform_auth: bool = False  # App Service Authentication is on: its principal headers can be trusted
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -115,18 +136,25 @@ class Settings:
             raise SettingsError(name, "is required but not set")
 
         results = ResultsQueueSettings.from_environ(environ)
-        auth = value(AZURE_OPENAI_AUTH).lower()
-        if auth not in AUTH_MODES:
-            raise SettingsError(AZURE_OPENAI_AUTH, f"must be one of {', '.join(AUTH_MODES)}")
+        auth = _auth_mode(AZURE_OPENAI_AUTH, value(AZURE_OPENAI_AUTH))
+        api_version = _matching(AZURE_OPENAI_API_VERSION, value(AZURE_OPENAI_API_VERSION), _API_VERSION)
+        key_secret_name = _matching(AZURE_OPENAI_KEY_SECRET_NAME, value(AZURE_OPENAI_KEY_SECRET_NAME), _SECRET_NAME)
+        resources: dict[str, ResourceSettings] = {}
+        named = environ.get(AZURE_OPENAI_RESOURCES, "").strip()
+        endpoint = None
+        if environ.get(AZURE_OPENAI_ENDPOINT, "").strip() or not named:
+            endpoint = _endpoint(AZURE_OPENAI_ENDPOINT, value(AZURE_OPENAI_ENDPOINT))
+            resources[DEFAULT_RESOURCE] = ResourceSettings(DEFAULT_RESOURCE, endpoint, api_version, auth, key_secret_name)
+        if named:
+            resources.update(_named_resources(named, auth=auth, api_version=api_version))
         vault_url = environ.get(KEY_VAULT_URL, "").strip()
+        needs_vault = any(resource.auth == API_KEY_AUTH for resource in resources.values())
         return cls(
-            openai_endpoint=_endpoint(AZURE_OPENAI_ENDPOINT, value(AZURE_OPENAI_ENDPOINT)),
-            api_version=_matching(AZURE_OPENAI_API_VERSION, value(AZURE_OPENAI_API_VERSION), _API_VERSION),
+            openai_endpoint=endpoint,
+            api_version=api_version,
             auth=auth,
-            key_vault_url=(
-                _vault_url(KEY_VAULT_URL, value(KEY_VAULT_URL)) if auth == API_KEY_AUTH or vault_url else None
-            ),
-            key_secret_name=_matching(AZURE_OPENAI_KEY_SECRET_NAME, value(AZURE_OPENAI_KEY_SECRET_NAME), _SECRET_NAME),
+            key_vault_url=_vault_url(KEY_VAULT_URL, value(KEY_VAULT_URL)) if needs_vault or vault_url else None,
+            key_secret_name=key_secret_name,
             secret_cache_seconds=_number(SECRET_CACHE_SECONDS, value(SECRET_CACHE_SECONDS), positive=False),
             verify_challenge_resource=_boolean(
                 KEY_VAULT_VERIFY_CHALLENGE_RESOURCE, value(KEY_VAULT_VERIFY_CHALLENGE_RESOURCE)
@@ -141,7 +169,54 @@ class Settings:
                 UPSTREAM_DEADLINE_SECONDS, value(UPSTREAM_DEADLINE_SECONDS), positive=True
             ),
             results=results,
+            resources=resources,
+            platform_auth=environ.get(WEBSITE_AUTH_ENABLED, "").strip().lower() == "true",
         )
+
+
+def _auth_mode(name: str, raw: str) -> str:
+    mode = raw.lower()
+    if mode not in AUTH_MODES:
+        raise SettingsError(name, f"must be one of {', '.join(AUTH_MODES)}")
+    return mode
+
+
+def _named_resources(raw: str, *, auth: str, api_version: str) -> dict[str, ResourceSettings]:
+    """`AZURE_OPENAI_RESOURCES`: each entry validated like the single-resource settings, named, never echoed."""
+    name = AZURE_OPENAI_RESOURCES
+    try:
+        entries = json.loads(raw)
+    except (ValueError, RecursionError) as err:
+        raise SettingsError(name, "is not valid JSON") from err
+    if not isinstance(entries, dict) or not entries:
+        raise SettingsError(name, 'must be a JSON object of named resources, e.g. {"sweden": {"endpoint": "https://..."}}')
+    resources = {}
+    for resource, entry in entries.items():
+        if not isinstance(resource, str) or not RESOURCE_NAME.fullmatch(resource):
+            raise SettingsError(name, "has a resource name that is not 1 to 40 lower-case letters, digits and '-'")
+        if resource == DEFAULT_RESOURCE:
+            raise SettingsError(name, f"may not define '{DEFAULT_RESOURCE}': that is {AZURE_OPENAI_ENDPOINT}'s resource")
+        where = f"resource '{resource}'"
+        if not isinstance(entry, dict):
+            raise SettingsError(name, f"{where} must be a JSON object")
+        unknown = sorted(set(entry) - set(RESOURCE_FIELDS))
+        if unknown:
+            raise SettingsError(name, f"{where} has unknown fields (expected {', '.join(RESOURCE_FIELDS)})")
+        if not all(isinstance(value, str) for value in entry.values()):
+            raise SettingsError(name, f"{where}: every field must be a string")
+        try:
+            resources[resource] = ResourceSettings(
+                name=resource,
+                endpoint=_endpoint("endpoint", entry.get("endpoint", "")),
+                api_version=_matching("api_version", entry.get("api_version", api_version), _API_VERSION),
+                auth=_auth_mode("auth", entry.get("auth", auth)),
+                key_secret_name=_matching(
+                    "key_secret_name", entry.get("key_secret_name", f"azure-openai-api-key-{resource}"), _SECRET_NAME
+                ),
+            )
+        except SettingsError as err:
+            raise SettingsError(name, f"{where}: {err.name} {err.problem}") from err
+    return resources
 
 
 @dataclass(frozen=True)
@@ -306,7 +381,7 @@ STORAGE_CONNECTION_SETTINGS = tuple(
     f"{AZURE_WEB_JOBS_STORAGE}__{name}"
     for name in ("accountName", "queueServiceUri", "serviceUri", "blobServiceUri", "credential", "clientId")
 )
-_SNAPSHOT_NAMES = (*SETTING_NAMES, *SDK_ENVIRONMENT, *STORAGE_CONNECTION_SETTINGS)
+_SNAPSHOT_NAMES = (*SETTING_NAMES, *OPTIONAL_SETTINGS, *SDK_ENVIRONMENT, *STORAGE_CONNECTION_SETTINGS)
 
 
 def environment_snapshot(environ: Mapping[str, str]) -> tuple[str | None, ...]:

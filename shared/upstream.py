@@ -25,7 +25,7 @@ from requests.structures import CaseInsensitiveDict
 from shared.redaction import redact_json, redact_text, request_secrets
 from shared.errors import ConnectFailed, NoResponse, RetryableStatus, TimedOut, UnreadableBody
 from shared.retry import backoff_seconds, is_retryable_status, retry_after_seconds
-from shared.settings import UPSTREAM_CONNECT_TIMEOUT_SECONDS, V1_API_VERSION, Settings
+from shared.settings import UPSTREAM_CONNECT_TIMEOUT_SECONDS, V1_API_VERSION, ResourceSettings, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +61,16 @@ class UpstreamClient:
     def __init__(
         self,
         settings: Settings,
+        resource: ResourceSettings,
         *,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
-        v1 = settings.api_version == V1_API_VERSION
-        self._base = settings.openai_endpoint + ("/openai/v1/fine_tuning/jobs/" if v1 else "/openai/fine_tuning/jobs/")
-        self._params = {} if v1 else {"api-version": settings.api_version}  # v1 takes no api-version
+        v1 = resource.api_version == V1_API_VERSION
+        self._base = resource.endpoint + ("/openai/v1/fine_tuning/jobs/" if v1 else "/openai/fine_tuning/jobs/")
+        self._params = {} if v1 else {"api-version": resource.api_version}  # v1 takes no api-version
         self._session = session or _new_session(self._base)
         self._sleep = sleep
         self._clock = clock

@@ -14,7 +14,7 @@ ISO_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 RECORD_FIELDS = [
     "schema_version", "job_id", "outcome", "job", "error", "status_code", "retryable", "trigger",
     "correlation_id", "request_id", "upstream_request_id", "attempts", "dequeue_count",
-    "received_at", "completed_at",
+    "received_at", "completed_at", "resource", "caller",
 ]
 
 

@@ -93,7 +93,10 @@ def test_is_a_valid_openapi_3_1_document() -> None:
     assert schema.raw_schema["openapi"].startswith("3.1.")
     operations = [result.ok() for result in schema.get_all_operations()]  # raises for an unusable operation
     assert {(op.method.upper(), op.path) for op in operations} == {
-        ("POST", CANCEL_PATH), ("POST", "/cancel"), ("GET", "/health"),
+        ("POST", CANCEL_PATH), ("POST", "/openai/v1/fine_tuning/jobs/{job_id}/cancel"),
+        ("POST", "/resources/{resource}" + CANCEL_PATH),
+        ("POST", "/resources/{resource}/openai/v1/fine_tuning/jobs/{job_id}/cancel"),
+        ("POST", "/cancel"), ("GET", "/health"),
     }
 
 
