@@ -77,6 +77,8 @@ the records on the queue: it holds each one it has shown (invisible to other rea
 Roles with --account: peeking needs Storage Queue Data Reader; --delete needs Storage Queue Data
 Message Processor; --follow without --delete also needs to put records back (Storage Queue Data
 Contributor), else they reappear by themselves after {HOLD_SECONDS} s.
+A message that is not a record is reported on stderr as unreadable and left on the queue. A read
+that fails ends the command (exit 1), saying how many records were read before it.
 
 examples:
   ftcancel results --account mystorage

@@ -45,6 +45,7 @@ class Access:
 SEND = Access("sending messages to", "Storage Queue Data Message Sender")
 PEEK = Access("peeking at", "Storage Queue Data Reader")
 TAKE = Access("receiving and deleting messages of", "Storage Queue Data Message Processor")
+COUNT = Access("reading the message count of", "Storage Queue Data Reader")
 PUT_BACK = Access("making messages visible again on", "Storage Queue Data Contributor")
 
 
@@ -196,7 +197,7 @@ class StorageQueue:
         try:
             return self.client.get_queue_properties().approximate_message_count or 0
         except AzureError as err:
-            raise self.failure(err, PEEK) from err
+            raise self.failure(err, COUNT) from err
 
     def delete(self, message: QueueMessage) -> bool:
         """Delete a received message; False when it is gone or was received again by someone else."""
