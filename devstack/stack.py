@@ -2,8 +2,9 @@
 
 Each part runs as a child process in a process group of its own, logging to `.devstack/logs/`;
 `LocalStack.stop()` (also on Ctrl-C or SIGTERM) ends every group, and on Linux a child also ends
-when the stack process dies. `make run` is `python -m devstack.stack run`; `enqueue` and `results`
-talk to the running stack's queues:
+when the stack process dies. The simulator's api-key goes to the simulator and the Key Vault
+emulator (`serve`) in their environment, API_KEY_ENV: never on a command line or in a log.
+`make run` is `python -m devstack.stack run`; `enqueue` and `results` talk to the running stack's queues:
 
     python -m devstack.stack run                     # start everything, print URLs and examples
     python -m devstack.stack enqueue ftjob-local2    # drop a cancel request on the request queue
@@ -32,6 +33,9 @@ from typing import Any, TextIO
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient
 
+from devstack._http import serve_until_signalled
+from devstack.keyvault_emulator import KeyVaultEmulator
+from devstack.openai_sim import FineTuningSimulator
 from devstack.runner import DEFAULT_FUNCTION_KEY, DEFAULT_PORT, FUNCTION_KEY_ENV, development_storage_connection_string
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +46,9 @@ AZURITE_QUEUE_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite-queue"
 AZURITE_DEFAULT_PORT = 10001  # where `UseDevelopmentStorage=true` looks for the queue service
 
 SECRET_NAME = "azure-openai-api-key"
+API_KEY_ENV = "DEVSTACK_API_KEY"  # how the simulator's api-key reaches its two children: never argv, never a log
+SIMULATOR_SERVICE = "openai-sim"
+KEY_VAULT_SERVICE = "keyvault-emulator"
 REQUESTS_QUEUE = "cancel-requests"
 RESULTS_QUEUE = "cancel-results"
 API_VERSION = "2024-10-21"
@@ -331,31 +338,21 @@ class LocalStack:
         self._runner_port = runner_port
         self._report = report
         self.azurite = Azurite(log_path=log_dir / "azurite.log", port=azurite_port)
-        python = [sys.executable, "-u", "-m"]
+        serve = [sys.executable, "-u", "-m", "devstack.stack", "serve"]
+        with_key = {**os.environ, API_KEY_ENV: self.api_key}  # only these two children get the key
         self.key_vault = ChildProcess(
             "Key Vault emulator",
-            [
-                *python,
-                "devstack.keyvault_emulator",
-                "--workdir",
-                str(self._vault_dir),
-                "--secret",
-                f"{SECRET_NAME}={self.api_key}",
-            ],
+            [*serve, KEY_VAULT_SERVICE, "--workdir", str(self._vault_dir)],
             log_path=log_dir / "keyvault.log",
-            ready=re.compile(_JSON_READY.format("keyvault-emulator")),
+            ready=re.compile(_JSON_READY.format(KEY_VAULT_SERVICE)),
+            env=with_key,
         )
         self.simulator = ChildProcess(
             "Azure OpenAI simulator",
-            [
-                *python,
-                "devstack.openai_sim",
-                "--api-key",
-                self.api_key,
-                *(arg for job in self.jobs for arg in ("--job", f"{job}=running")),
-            ],
+            [*serve, SIMULATOR_SERVICE, *(arg for job in self.jobs for arg in ("--job", job))],
             log_path=log_dir / "openai-sim.log",
-            ready=re.compile(_JSON_READY.format("openai-sim")),
+            ready=re.compile(_JSON_READY.format(SIMULATOR_SERVICE)),
+            env=with_key,
         )
         self.runner: ChildProcess | None = None
         self.info: StackInfo | None = None
@@ -424,6 +421,34 @@ class LocalStack:
         for part in reversed(self.parts()):
             part.stop()
         shutil.rmtree(self._vault_dir, ignore_errors=True)
+
+
+# --- the two children that hold the api-key -------------------------------------------------------
+
+
+def serve_simulator(jobs: Sequence[str]) -> int:
+    """The Azure OpenAI simulator accepting the key of API_KEY_ENV, with `jobs` running; its ready line has no key."""
+    simulator = FineTuningSimulator(api_key=_take_api_key())
+    for job_id in jobs:
+        simulator.create_job(job_id=job_id, status="running")
+    return serve_until_signalled(
+        simulator, SIMULATOR_SERVICE, lambda: {"AZURE_OPENAI_ENDPOINT": simulator.endpoint, "port": simulator.port}
+    )
+
+
+def serve_key_vault(workdir: Path) -> int:
+    """The Key Vault emulator holding the key of API_KEY_ENV as SECRET_NAME; its ready line is its environ()."""
+    emulator = KeyVaultEmulator(workdir=workdir)
+    emulator.set_secret(SECRET_NAME, _take_api_key())
+    return serve_until_signalled(emulator, KEY_VAULT_SERVICE, emulator.environ)
+
+
+def _take_api_key() -> str:
+    """The key from the environment, removed from it so that nothing this process starts inherits it."""
+    api_key = os.environ.pop(API_KEY_ENV, "")
+    if not api_key:
+        raise SystemExit(f"{API_KEY_ENV} is not set: `python -m devstack.stack run` starts this part with the key")
+    return api_key
 
 
 # --- result records --------------------------------------------------------------------------------
@@ -566,6 +591,12 @@ def ignore_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    if args.service == SIMULATOR_SERVICE:
+        return serve_simulator(args.job)
+    return serve_key_vault(args.workdir or Path(tempfile.mkdtemp(prefix="devstack-keyvault-")))
+
+
 def _enqueue(args: argparse.Namespace) -> int:
     info = StackInfo.load()
     queue = QueueClient.from_connection_string(info.storage_connection_string, args.queue or info.requests_queue)
@@ -605,12 +636,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     enqueue = commands.add_parser("enqueue", help="send messages to the request queue of the running stack")
     enqueue.add_argument("messages", nargs="+")
     enqueue.add_argument("--queue", help="another queue of the stack's Azurite")
+    serve = commands.add_parser("serve", help=f"run one emulator as `run` starts it (the api-key in ${API_KEY_ENV})")
+    serve.add_argument("service", choices=(SIMULATOR_SERVICE, KEY_VAULT_SERVICE))
+    serve.add_argument("--job", action="append", default=[], help="a running job of the simulator")
+    serve.add_argument("--workdir", type=Path, help="where the Key Vault emulator writes its CA bundle")
     results = commands.add_parser("results", help="show the result records of the running stack")
     results.add_argument("--drain", action="store_true", help="take the records off the queue")
     results.add_argument("--json", action="store_true", help="one JSON record per line")
     args = parser.parse_args(argv)
     try:
-        return {"run": _run, "enqueue": _enqueue, "results": _results}[args.command](args)
+        return {"run": _run, "serve": _serve, "enqueue": _enqueue, "results": _results}[args.command](args)
     except StackError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

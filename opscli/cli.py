@@ -23,7 +23,7 @@ from opscli.function_client import FunctionApp
 from opscli.job_ids import JobIds, check_job_ids, read_job_ids
 from opscli.output import RecordPrinter, shorten
 from opscli.progress import Progress
-from opscli.queues import CONNECTION_STRING_ENV, StorageAccount, storage_account
+from opscli.queues import CONNECTION_STRING_ENV, StorageAccount, StorageQueue, storage_account
 from opscli.results import HOLD_SECONDS, ResultMessage, ResultsReader, peek_records
 from shared.records import InvalidRequest, validate_correlation_id, validate_wait_seconds
 from shared.settings import CANCEL_REQUESTS_QUEUE, CANCEL_RESULTS_QUEUE, SETTING_DEFAULTS
@@ -77,6 +77,8 @@ the records on the queue: it holds each one it has shown (invisible to other rea
 Roles with --account: peeking needs Storage Queue Data Reader; --delete needs Storage Queue Data
 Message Processor; --follow without --delete also needs to put records back (Storage Queue Data
 Contributor), else they reappear by themselves after {HOLD_SECONDS} s.
+A message that is not a record is reported on stderr as unreadable and left on the queue. A read
+that fails ends the command (exit 1), saying how many records were read before it.
 
 examples:
   ftcancel results --account mystorage
@@ -197,47 +199,89 @@ def _unsent(found: JobIds, job_ids: list[str], sent: int) -> str:
 
 def run_results(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     queue = _storage(args).queue(args.queue)
-    printer = RecordPrinter(stdout, json_lines=args.json)
-
-    def show(message: ResultMessage) -> bool:
-        if message.record is None:
-            print(f"{PROG}: message {message.message_id} on '{queue.name}' is not a result record; left on the "
-                  f"queue: '{shorten(message.content, 80)}'", file=stderr)
-            return False
-        printer.print(message.record)
-        return True
-
-    if not args.follow and not args.delete:
-        peeked = peek_records(queue, args.max)
-        for message in peeked:
-            show(message)
-        where = "peeked, left on the queue"
-        if len(peeked) == 32 and (args.max is None or args.max > 32):
-            where += "; peek shows at most the first 32: --follow shows them all, --delete takes them off"
-        print(_closing(printer, queue.name, where), file=stderr)
-        return EXIT_OK
-
-    with ResultsReader(queue, delete=args.delete, follow=args.follow, limit=args.max) as reader:
-        try:
-            for message in reader.messages():
-                if show(message) and not reader.settle(message):
-                    print(f"{PROG}: record {message.message_id} was printed but not deleted: its hold ran out "
-                          "and someone else received it", file=stderr)
-        except KeyboardInterrupt:
-            if not args.follow:
-                raise
-            print(file=stderr)  # Ctrl-C is how --follow ends; the terminal shows ^C on the last line
-    if reader.not_put_back:
-        print(f"{PROG}: {reader.not_put_back} held record(s) could not be put back (your role cannot update "
-              f"messages): they reappear on '{queue.name}' by themselves within {HOLD_SECONDS} s", file=stderr)
-    print(_closing(printer, queue.name, "taken off the queue" if args.delete else "left on the queue"), file=stderr)
+    shown = ShownRecords(RecordPrinter(stdout, json_lines=args.json), queue.name, stderr)
+    try:
+        if not args.follow and not args.delete:
+            for message in peek_records(queue, args.max):
+                shown.show(message)
+            where = "peeked, left on the queue"
+            if shown.messages == 32 and (args.max is None or args.max > 32):
+                where += "; peek shows at most the first 32: --follow shows them all, --delete takes them off"
+        else:
+            where = "taken off the queue" if args.delete else "left on the queue"
+            _receive_records(args, queue, shown)
+    except CliError as err:
+        if shown.messages:  # what was printed stays true: say how far the command got
+            raise CliError(f"{shown.read_so_far(where)}, then {err.message}", exit_code=err.exit_code) from err
+        raise
+    print(shown.closing(where, hidden=None if shown.messages else _hidden_messages(queue)), file=stderr)
     return EXIT_OK
 
 
-def _closing(printer: RecordPrinter, queue_name: str, where: str) -> str:
-    if not printer.count:
-        return f"no records on '{queue_name}'"
-    return f"{printer.summary('record')} ({where})"
+def _receive_records(args: argparse.Namespace, queue: StorageQueue, shown: ShownRecords) -> None:
+    with ResultsReader(queue, delete=args.delete, follow=args.follow, limit=args.max) as reader:
+        try:
+            for message in reader.messages():
+                if shown.show(message) and not reader.settle(message):
+                    print(f"{PROG}: record {message.message_id} was printed but not deleted: its hold ran out "
+                          "and someone else received it", file=shown.stderr)
+        except KeyboardInterrupt:
+            if not args.follow:
+                raise
+            print(file=shown.stderr)  # Ctrl-C is how --follow ends; the terminal shows ^C on the last line
+    if reader.not_put_back:
+        print(f"{PROG}: {reader.not_put_back} held record(s) could not be put back (your role cannot update "
+              f"messages): they reappear on '{queue.name}' by themselves within {HOLD_SECONDS} s", file=shown.stderr)
+
+
+class ShownRecords:
+    """What `results` has shown: records through the printer, unreadable messages as one stderr line each."""
+
+    def __init__(self, printer: RecordPrinter, queue_name: str, stderr: TextIO) -> None:
+        self.printer = printer
+        self.queue_name = queue_name
+        self.stderr = stderr
+        self.unreadable = 0
+
+    @property
+    def messages(self) -> int:
+        return self.printer.count + self.unreadable
+
+    def show(self, message: ResultMessage) -> bool:
+        """Print a record, or report an unreadable message (left on the queue); True for a record."""
+        if message.record is None:
+            self.unreadable += 1
+            print(f"{PROG}: message {message.message_id} on '{self.queue_name}' is unreadable ({message.problem}); "
+                  f"left on the queue: '{shorten(message.content, 80)}'", file=self.stderr)
+            return False
+        self.printer.print(message.record)
+        return True
+
+    def read_so_far(self, where: str) -> str:
+        """`read 40 records (taken off the queue)`, with the unreadable messages when there were some."""
+        unreadable = f" and {counted(self.unreadable, 'unreadable message')}" if self.unreadable else ""
+        return f"read {counted(self.printer.count, 'record')}{unreadable} ({where})"
+
+    def closing(self, where: str, *, hidden: int | str | None) -> str:
+        """The last line on stderr: what was shown, and, when nothing was, whether the queue is really empty."""
+        if self.messages:
+            unreadable = counted(self.unreadable, "unreadable message")
+            return f"{self.printer.summary('record')} ({where})" + (f"; {unreadable} left on it" if self.unreadable else "")
+        if not hidden:
+            return f"no records on '{self.queue_name}'"
+        if isinstance(hidden, str):
+            return f"no visible records on '{self.queue_name}' (could not count hidden ones: {hidden})"
+        return (f"no visible records on '{self.queue_name}', but it holds {counted(hidden, 'hidden message')}: "
+                f"received by another reader or by a read that failed; they reappear when that hold ends "
+                f"(ftcancel holds for at most {HOLD_SECONDS} s)")
+
+
+def _hidden_messages(queue: StorageQueue) -> int | str:
+    """How many messages the queue holds that a read could not see; the reason when it cannot say."""
+    try:
+        return queue.message_count()
+    except CliError as err:
+        return err.message
 
 
 # --- cancel -------------------------------------------------------------------------------------

@@ -6,15 +6,17 @@ app would reject is caught here, with the line it came from. A repeated id is ke
 
 from __future__ import annotations
 
+import codecs
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from opscli.errors import EXIT_USAGE, CliError, counted
 from shared.records import InvalidRequest, validate_job_id
 
 STDIN_NAME = "-"
+STDIN_LABEL = "stdin"
 
 
 @dataclass(frozen=True)
@@ -52,31 +54,41 @@ class JobIds:
         return self._first_seen[job_id]
 
 
-def read_job_ids(arguments: list[str], file: str | None, *, stdin: TextIO = sys.stdin) -> JobIds:
+def read_job_ids(arguments: list[str], file: str | None, *, stdin: BinaryIO | None = None) -> JobIds:
     """The ids of the command line, then those of the file (one a line; blank lines and `#` comments skipped)."""
     found = JobIds()
     for number, text in enumerate(arguments, start=1):
         found.add(text.strip(), f"argument {number}")
     if file is not None:
-        for number, line in _numbered_lines(file, stdin):
+        name = STDIN_LABEL if file == STDIN_NAME else file
+        for number, line in enumerate(_read_lines(file, name, stdin), start=1):
             text = line.strip()
             if text and not text.startswith("#"):
-                found.add(text, f"{'stdin' if file == STDIN_NAME else file}:{number}")
+                found.add(text, f"{name}:{number}")
     if not found.ids and not found.invalid:
         raise CliError("no job ids given: pass them as arguments or with --file", exit_code=EXIT_USAGE)
     return found
 
 
-def _numbered_lines(file: str, stdin: TextIO) -> list[tuple[int, str]]:
+def _read_lines(file: str, name: str, stdin: BinaryIO | None) -> list[str]:
+    """The lines of the ids file or of stdin, read the same way: bytes, one leading UTF-8 BOM dropped, UTF-8."""
     try:
-        text = stdin.read() if file == STDIN_NAME else Path(file).read_text(encoding="utf-8-sig")
+        raw = (stdin or sys.stdin.buffer).read() if file == STDIN_NAME else Path(file).read_bytes()
     except FileNotFoundError:
-        raise CliError(f"{file}: no such file", exit_code=EXIT_USAGE) from None
-    except UnicodeDecodeError as err:
-        raise CliError(f"{file}: not UTF-8 text (byte {err.start})", exit_code=EXIT_USAGE) from err
+        raise CliError(f"{name}: no such file", exit_code=EXIT_USAGE) from None
     except OSError as err:
-        raise CliError(f"{file}: cannot be read ({err.strerror})", exit_code=EXIT_USAGE) from err
-    return list(enumerate(text.splitlines(), start=1))
+        raise CliError(f"{name}: cannot be read ({err.strerror})", exit_code=EXIT_USAGE) from err
+    return _decoded(raw, name=name).splitlines()
+
+
+def _decoded(raw: bytes, *, name: str) -> str:
+    """UTF-8 text without a leading BOM (Notepad and PowerShell 5 write one); CliError naming the first bad byte."""
+    body = raw.removeprefix(codecs.BOM_UTF8)
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        byte = err.start + len(raw) - len(body)
+        raise CliError(f"{name}: not UTF-8 text (byte {byte})", exit_code=EXIT_USAGE) from err
 
 
 def check_job_ids(found: JobIds, *, skip_invalid: bool, stderr: TextIO) -> list[str]:

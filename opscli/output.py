@@ -8,6 +8,7 @@ correlation id and the error message, which are shortened.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -16,6 +17,7 @@ from opscli.errors import counted
 
 ERROR_MESSAGE_WIDTH = 60
 CORRELATION_ID_WIDTH = 20
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # C0, DEL, C1, surrogates
 OUTCOME_ORDER = ("cancelled", "already_terminal", "rejected", "failed")
 
 # (heading, width); the last column takes the rest of the line.
@@ -42,16 +44,21 @@ class RecordPrinter:
         self.outcomes: Counter[str] = Counter()
 
     def print(self, record: Mapping[str, Any]) -> None:
-        self.outcomes[str(record.get("outcome"))] += 1
+        self.outcomes[printable(str(record.get("outcome")))] += 1
         if self._json_lines:
-            self._out.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
+            self._out.write(json_line(record, encoding=self._encoding) + "\n")
         else:
             if not self._header_printed:
                 self._out.write(_line([heading for heading, _ in COLUMNS]) + "\n")
                 self._out.write(_line(["-" * max(width, len(heading)) for heading, width in COLUMNS]) + "\n")
                 self._header_printed = True
-            self._out.write(_line(table_cells(record)) + "\n")
+            row = _line(table_cells(record))
+            self._out.write(row.encode(self._encoding, "backslashreplace").decode(self._encoding) + "\n")
         self._out.flush()
+
+    @property
+    def _encoding(self) -> str:
+        return getattr(self._out, "encoding", None) or "utf-8"
 
     @property
     def count(self) -> int:
@@ -65,13 +72,27 @@ class RecordPrinter:
         return counted(self.count, noun) + (": " + ", ".join(parts) if parts else "")
 
 
+def json_line(record: Mapping[str, Any], *, encoding: str = "utf-8") -> str:
+    """The record as one line of JSON: characters as they are where `encoding` holds them, else `\\u` escapes.
+
+    A record may hold text that is no character (a lone surrogate from a `"\\ud800"` escape), which no
+    encoding holds: escaped, it is printed as the same JSON value instead of ending the command.
+    """
+    text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return json.dumps(record, separators=(",", ":"))
+    return text
+
+
 def table_cells(record: Mapping[str, Any]) -> list[str]:
-    """One table row of a record; `-` where the record has no value."""
+    """One table row of a record, printable; `-` where the record has no value."""
     job = _object(record.get("job"))
     error = _object(record.get("error"))
     retryable = record.get("retryable")
     attempts = record.get("attempts")
-    return [
+    cells = [
         str(record.get("job_id") or "(none)"),
         str(record.get("outcome") or "-"),
         str(record.get("status_code") or "-"),
@@ -82,12 +103,18 @@ def table_cells(record: Mapping[str, Any]) -> list[str]:
         str(record.get("completed_at") or "-"),
         shorten(str(error.get("message") or ""), ERROR_MESSAGE_WIDTH),
     ]
+    return [printable(cell) for cell in cells]
 
 
 def shorten(text: str, width: int) -> str:
-    """One line of at most `width` characters, `…` where it was cut."""
-    text = " ".join(text.split())
+    """One printable line of at most `width` characters, `…` where it was cut."""
+    text = printable(" ".join(text.split()))
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def printable(text: str) -> str:
+    """`text` with control characters and lone surrogates as `\\x1b`-style escapes: a record cannot drive the terminal."""
+    return _UNPRINTABLE.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def _object(value: object) -> Mapping[str, Any]:

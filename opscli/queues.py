@@ -45,6 +45,7 @@ class Access:
 SEND = Access("sending messages to", "Storage Queue Data Message Sender")
 PEEK = Access("peeking at", "Storage Queue Data Reader")
 TAKE = Access("receiving and deleting messages of", "Storage Queue Data Message Processor")
+COUNT = Access("reading the message count of", "Storage Queue Data Reader")
 PUT_BACK = Access("making messages visible again on", "Storage Queue Data Contributor")
 
 
@@ -174,13 +175,29 @@ class StorageQueue:
             raise self.failure(err, PEEK) from err
 
     def receive(self, limit: int, *, visibility_timeout: int) -> list[QueueMessage]:
+        """Receive (and hide) up to `limit` messages; an answer that failed is reported at once, not retried.
+
+        The service hides the messages before it writes the answer (Azurite `src/queue/handlers/
+        MessagesHandler.ts`, `dequeue`: `metadataStore.getMessages` sets their next-visible time, then
+        the XML is built), so a receive that failed may have hidden the messages it was returning. A
+        retry would then answer an empty page, and an empty queue is what the command would report.
+        A request that never reached the service (`ServiceRequestError`) is still retried.
+        """
         count = min(limit, MAX_MESSAGES_PER_CALL)
         try:
             return list(self.client.receive_messages(
-                messages_per_page=count, max_messages=count, visibility_timeout=visibility_timeout
+                messages_per_page=count, max_messages=count, visibility_timeout=visibility_timeout,
+                retry_status=0, retry_read=0,
             ))
         except AzureError as err:
             raise self.failure(err, TAKE) from err
+
+    def message_count(self) -> int:
+        """The queue's approximate message count: visible and hidden (received, not yet deleted) messages."""
+        try:
+            return self.client.get_queue_properties().approximate_message_count or 0
+        except AzureError as err:
+            raise self.failure(err, COUNT) from err
 
     def delete(self, message: QueueMessage) -> bool:
         """Delete a received message; False when it is gone or was received again by someone else."""
@@ -230,7 +247,8 @@ class StorageQueue:
             return CliError(f"{account} at {self.account.endpoint} stopped answering: {network_reason(err)}")
         if isinstance(err, HttpResponseError):
             first_line = (str(err.message or err).strip().splitlines() or [""])[0]
-            return CliError(f"{account} answered {err.status_code} {code} on queue '{self.name}': {first_line}")
+            answer = f"{err.status_code} {code}" if code else str(err.status_code)
+            return CliError(f"{account} answered {answer} on queue '{self.name}': {first_line}")
         return CliError(f"{account}: {network_reason(err)}")
 
 

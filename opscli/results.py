@@ -29,20 +29,37 @@ MAX_POLL_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class ResultMessage:
-    """A message of the results queue; `record` is None when it is not a JSON object."""
+    """A message of the results queue; `record` is None when it is not a JSON object, and `problem` says why."""
 
     message_id: str
     content: str
     record: dict[str, Any] | None
+    problem: str | None = None
 
     @classmethod
     def of(cls, message: QueueMessage) -> ResultMessage:
-        content = message.content if isinstance(message.content, str) else str(message.content)
+        content, problem = _text(message.content)
+        if problem is not None:
+            return cls(message.id, content, None, problem)
         try:
             parsed = json.loads(content)
-        except ValueError:
-            parsed = None
-        return cls(message.id, content, parsed if isinstance(parsed, dict) else None)
+        except (ValueError, RecursionError):  # RecursionError: `[[[[...` nested deeper than the parser goes
+            return cls(message.id, content, None, "not JSON")
+        if not isinstance(parsed, dict):
+            return cls(message.id, content, None, "JSON, but not an object")
+        return cls(message.id, content, parsed)
+
+
+def _text(content: object) -> tuple[str, str | None]:
+    """The message's text, and what is wrong with it when it has none (bytes from a client with a decode policy)."""
+    if isinstance(content, str):
+        return content, None
+    if isinstance(content, bytes):
+        try:
+            return content.decode("utf-8"), None
+        except UnicodeDecodeError:
+            return content.decode("utf-8", "backslashreplace"), "not UTF-8"
+    return "", "empty"
 
 
 def peek_records(queue: StorageQueue, limit: int | None) -> list[ResultMessage]:

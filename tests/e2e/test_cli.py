@@ -443,3 +443,118 @@ def test_an_unreachable_function_app_and_a_clear_text_url_are_reported(cli: Cli,
     )
     assert clear_text.returncode == 2
     assert "--url must use https" in clear_text.stderr
+
+
+# --- ids files and hostile results queues ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_a_leading_utf8_bom_is_ignored_in_an_ids_file_and_on_stdin(cli: Cli, azurite: Azurite, tmp_path: Path,
+                                                                    source: str):
+    queue = unique_queue_name("requests")
+    azurite.create_queues(queue)
+    ids = "\ufeffftjob-bom1\r\nftjob-bom2\r\n"  # as Notepad and PowerShell 5 write it
+    (tmp_path / "work" / "ids.txt").write_text(ids, encoding="utf-8", newline="")
+    where = ["--file", "ids.txt"] if source == "file" else ["--file", "-"]
+
+    enqueued = cli.run("enqueue", *where, "--connection-string", azurite.connection_string, "--queue", queue,
+                       stdin=ids if source == "stdin" else None)
+
+    assert enqueued.returncode == 0, enqueued.stderr
+    sent = QueueClient.from_connection_string(azurite.connection_string, queue).peek_messages(max_messages=32)
+    assert [message.content for message in sent] == ["ftjob-bom1", "ftjob-bom2"]
+
+
+def test_ids_that_are_not_utf8_are_refused_with_their_byte_on_stdin_as_in_a_file(cli: Cli, azurite: Azurite):
+    refused = subprocess.run([str(FTCANCEL), "enqueue", "--file", "-", "--connection-string",
+                              azurite.connection_string], env=cli.env, cwd=cli.cwd, capture_output=True,
+                             input=b"\xef\xbb\xbfftjob-ok1\n\xff\n", timeout=CLI_TIMEOUT_SECONDS)
+
+    assert refused.returncode == 2
+    assert refused.stderr.decode() == "ftcancel: stdin: not UTF-8 text (byte 13)\n"
+
+
+def results_queue_with(azurite: Azurite, *contents: str) -> QueueClient:
+    """A new results queue holding `contents`, sent as they are with the SDK (as another writer would)."""
+    queue = QueueClient.from_connection_string(azurite.connection_string, unique_queue_name("results"))
+    queue.create_queue()
+    for content in contents:
+        queue.send_message(content)
+    return queue
+
+
+def record_text(number: int) -> str:
+    return json.dumps({"job_id": f"ftjob-good{number}", "outcome": "cancelled", "status_code": 200})
+
+
+# U+FFFF is no XML character: Azurite stores the message, then answers 500 to every read that would return it.
+UNSERVABLE_RECORD = json.dumps({"job_id": "ftjob-bad1", "outcome": "rejected", "error": {"message": "id \uffff"}},
+                               ensure_ascii=False)
+
+
+@pytest.mark.parametrize("mode", [[], ["--delete"], ["--follow"], ["--follow", "--delete"]],
+                         ids=["peek", "delete", "follow", "follow-delete"])
+def test_a_queue_that_answers_500_is_an_error_never_no_records(cli: Cli, azurite: Azurite, mode: list[str]):
+    queue = results_queue_with(azurite, record_text(1), UNSERVABLE_RECORD)
+
+    failed = cli.run("results", *mode, "--connection-string", azurite.connection_string, "--queue", queue.queue_name)
+
+    assert failed.returncode == 1
+    assert failed.stdout == ""
+    assert failed.stderr == (
+        f"ftcancel: storage account 'devstoreaccount1' answered 500 on queue '{queue.queue_name}': "
+        "Internal Server Error\n"
+    )
+    assert message_count(queue) == 2  # nothing was taken off
+
+
+def test_records_read_before_a_500_stay_printed_and_the_error_says_how_many(cli: Cli, azurite: Azurite):
+    queue = results_queue_with(azurite, *(record_text(number) for number in range(33)), UNSERVABLE_RECORD)
+
+    failed = cli.run("results", "--delete", "--json", "--connection-string", azurite.connection_string,
+                     "--queue", queue.queue_name)
+
+    assert failed.returncode == 1
+    assert [record["job_id"] for record in json_lines(failed.stdout)] == [f"ftjob-good{n}" for n in range(32)]
+    assert failed.stderr == (
+        "ftcancel: read 32 records (taken off the queue), then storage account 'devstoreaccount1' answered 500 "
+        f"on queue '{queue.queue_name}': Internal Server Error\n"
+    )
+    assert message_count(queue) == 2  # the 33rd record and the bad one, hidden by the failed receive
+
+    again = cli.run("results", "--delete", "--connection-string", azurite.connection_string,
+                    "--queue", queue.queue_name)
+
+    assert (again.returncode, again.stdout) == (0, "")  # the failed receive hid both for 30 s
+    assert again.stderr.startswith(f"no visible records on '{queue.queue_name}', but it holds 2 hidden messages: ")
+
+
+@pytest.mark.parametrize("mode", [[], ["--delete"]], ids=["peek", "delete"])
+@pytest.mark.parametrize("output", [[], ["--json"]], ids=["table", "json"])
+def test_messages_that_are_not_records_are_shown_as_unreadable_counted_and_left(
+    cli: Cli, azurite: Azurite, mode: list[str], output: list[str]
+):
+    lone_surrogate = json.dumps({"job_id": "ftjob-lone1", "outcome": "failed",
+                                 "error": {"message": "half a pair: \ud800"}})  # valid JSON, no UTF-8 text
+    deep = "[" * 50_000  # nested deeper than Python's JSON parser goes
+    queue = results_queue_with(azurite, record_text(1), "not json", '["a list"]', deep, lone_surrogate)
+
+    shown = cli.run("results", *mode, *output, "--connection-string", azurite.connection_string,
+                    "--queue", queue.queue_name)
+
+    assert shown.returncode == 0, shown.stderr
+    *unreadable, closing = shown.stderr.splitlines()
+    assert [line.split(" is unreadable ")[1].split(";")[0] for line in unreadable] == [
+        "(not JSON)", "(JSON, but not an object)", "(not JSON)"
+    ]
+    assert unreadable[0].endswith(f"on '{queue.queue_name}' is unreadable (not JSON); left on the queue: 'not json'")
+    where = "taken off the queue" if mode else "peeked, left on the queue"
+    assert closing == f"2 records: 1 cancelled, 1 failed ({where}); 3 unreadable messages left on it"
+    if output:
+        records = json_lines(shown.stdout)
+        assert [record["job_id"] for record in records] == ["ftjob-good1", "ftjob-lone1"]
+        assert records[1]["error"]["message"] == "half a pair: \ud800"  # the same JSON value, escaped
+    else:
+        assert table_rows(shown.stdout) == {"ftjob-good1": "cancelled", "ftjob-lone1": "failed"}
+        assert shown.stdout.rstrip().endswith("half a pair: \\ud800")
+    assert message_count(queue) == (3 if mode else 5)  # unreadable messages are never deleted

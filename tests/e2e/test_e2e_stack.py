@@ -71,8 +71,9 @@ def table_rows(output: str) -> list[tuple[str, str]]:
     return [(row[1], row[3]) for row in rows]
 
 
-def test_run_serves_the_printed_examples_until_sigterm(tmp_path: Path):
-    env = {**os.environ, "DEVSTACK_STATE_DIR": str(tmp_path)}
+def start_run(state_dir: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """`make run` on free ports, its state and logs in `state_dir`; and the environment that finds it."""
+    env = {**os.environ, "DEVSTACK_STATE_DIR": str(state_dir)}
     stack = subprocess.Popen(
         [sys.executable, "-m", "devstack.stack", "run", "--port", "0", "--azurite-port", "0"],
         cwd=REPO_ROOT,
@@ -81,11 +82,21 @@ def test_run_serves_the_printed_examples_until_sigterm(tmp_path: Path):
         stderr=subprocess.STDOUT,
         text=True,
     )
+    return stack, env
+
+
+def run_printed_curl(printed: str) -> requests.Response:
+    """The HTTP cancel example `make run` printed, as a user pastes it."""
+    curl = re.search(r"curl -s -X POST -H 'x-functions-key: (\S+)' \\\n\s+(\S+)", printed)
+    assert curl, printed
+    return requests.post(curl.group(2), headers={"x-functions-key": curl.group(1)}, timeout=30)
+
+
+def test_run_serves_the_printed_examples_until_sigterm(tmp_path: Path):
+    stack, env = start_run(tmp_path)
     try:
         printed = read_until(stack, "Read the result records")
-        curl = re.search(r"curl -s -X POST -H 'x-functions-key: (\S+)' \\\n\s+(\S+)", printed)
-        assert curl, printed
-        response = requests.post(curl.group(2), headers={"x-functions-key": curl.group(1)}, timeout=30)
+        response = run_printed_curl(printed)
         assert (response.status_code, response.json()["status"]) == (200, "cancelled")
         enqueue = python("-m", "devstack.stack", "enqueue", "ftjob-local2", env=env)
         assert enqueue.returncode == 0, enqueue.stderr
@@ -105,6 +116,59 @@ def test_run_serves_the_printed_examples_until_sigterm(tmp_path: Path):
     assert stack.returncode == 0, rest
     assert [port for port in ports if listening(port)] == []
     assert not (tmp_path / "stack.json").exists()
+
+
+def test_run_keeps_the_api_key_out_of_every_command_line_log_and_printed_line(tmp_path: Path):
+    stack, _ = start_run(tmp_path)
+    try:
+        printed = read_until(stack, "Read the result records")
+        assert run_printed_curl(printed).status_code == 200  # the runner read the key from Key Vault, sent it upstream
+        children = {pid: (command_line(pid), environment(pid)) for pid in descendants(stack.pid)}
+        state = (tmp_path / "stack.json").read_text()
+    finally:
+        stack.send_signal(signal.SIGTERM)
+        rest, _ = stack.communicate(timeout=60)
+    assert stack.returncode == 0, rest
+    # /proc/<pid>/environ is the environment a process started with (readable by its user only, unlike argv)
+    [api_key] = {env.get("DEVSTACK_API_KEY") for argv, env in children.values() if "openai-sim" in argv}
+    assert api_key and len(api_key) == 32
+    holders = sorted(argv[argv.index("serve") + 1] for argv, env in children.values() if api_key in env.values())
+    assert holders == ["keyvault-emulator", "openai-sim"]  # not the runner, not Azurite
+    parts = {"devstack.runner", "azurite-queue", "openai-sim", "keyvault-emulator"}
+    assert {part for argv, _ in children.values() for part in parts if any(part in arg for arg in argv)} == parts
+    assert [argv for argv, _ in children.values() if any(api_key in arg for arg in argv)] == []
+    logs = sorted((tmp_path / "logs").iterdir())
+    assert [log.name for log in logs] == ["azurite.log", "keyvault.log", "openai-sim.log", "runner.log"]
+    assert [log.name for log in logs if api_key in log.read_text(errors="replace")] == []
+    assert api_key not in printed + rest + state
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from the parent pids in /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # ended meanwhile
+    found, pending = [], [pid]
+    while pending:
+        parent = pending.pop()
+        children = [child for child, its_parent in parents.items() if its_parent == parent]
+        found.extend(children)
+        pending.extend(children)
+    return found
+
+
+def command_line(pid: int) -> list[str]:
+    """What `ps` shows of a process: its argv, from /proc/<pid>/cmdline."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+
+
+def environment(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    return dict(entry.partition("=")[::2] for entry in entries if "=" in entry)
 
 
 def read_until(process: subprocess.Popen[str], marker: str, *, timeout: float = STACK_TIMEOUT_SECONDS) -> str:
