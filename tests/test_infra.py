@@ -178,15 +178,20 @@ def resources_of_type(path: Path, resource_type: str) -> dict[str, dict[str, Any
     }
 
 
-def module_call(module_file: Path) -> dict[str, Any]:
-    """The params main.bicep passes to a module."""
-    calls = [
-        resource_body(module)["params"]
+def main_module(module_file: Path) -> dict[str, Any]:
+    """main.bicep's declaration of the module in `module_file`."""
+    modules = [
+        module
         for module in parsed(MAIN)["modules"].values()
         if (INFRA / module["detail"]["path"]).resolve() == module_file.resolve()
     ]
-    assert len(calls) == 1, f"main.bicep should call {module_file.name} exactly once, found {len(calls)}"
-    return calls[0]
+    assert len(modules) == 1, f"main.bicep should call {module_file.name} exactly once, found {len(modules)}"
+    return modules[0]
+
+
+def module_call(module_file: Path) -> dict[str, Any]:
+    """The params main.bicep passes to a module."""
+    return resource_body(main_module(module_file))["params"]
 
 
 def resolve(value: Any, template: Path, caller: dict[str, Any] | None = None) -> str | None:
@@ -434,12 +439,6 @@ def condition_holds(declaration: dict[str, Any], scope: Scope) -> bool:
     held = evaluate(declaration["config"]["condition"], scope)
     assert isinstance(held, bool), f"condition {json.dumps(declaration['config']['condition'])} is {held!r}"
     return held
-
-
-def main_module(module_file: Path) -> dict[str, Any]:
-    modules = [m for m in parsed(MAIN)["modules"].values() if (INFRA / m["detail"]["path"]).resolve() == module_file.resolve()]
-    assert len(modules) == 1, f"main.bicep should call {module_file.name} exactly once"
-    return modules[0]
 
 
 def module_deploys(module_file: Path, deployment: Deployment) -> bool:
