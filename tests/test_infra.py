@@ -13,6 +13,9 @@
   time-to-live is the code's, and the app's identity may send to the results queue;
 - a schema check: every property path set on every resource exists, and is not read-only, in the
   Azure SDK for Python model of that resource type at the pinned API version (RESOURCE_SCHEMAS).
+- both auth modes (AZURE_OPENAI_AUTH api-key / entra), with the account named or the endpoint only
+  (DEPLOYMENTS): `evaluate` reads the conditions for each, so the modules, role assignments, app
+  settings and outputs of each mode are checked, and nothing reads a module that mode skips.
 
 The code side is read from `shared.settings` (SETTING_DEFAULTS, SETTING_NAMES, SDK_ENVIRONMENT),
 from CONTRACT.md section 1 when the steering `shared/` folder sits beside the repository, and from
