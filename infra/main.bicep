@@ -1,6 +1,6 @@
 // `azd up` entry point: one resource group with a Flex Consumption function app that cancels
-// Azure OpenAI fine-tuning jobs, its storage and queues, a Key Vault for the api-key, monitoring,
-// a user-assigned identity and least-privilege role assignments.
+// Azure OpenAI fine-tuning jobs, its storage and queues, a Key Vault for the api-key (api-key mode
+// only), monitoring, a user-assigned identity and least-privilege role assignments.
 targetScope = 'subscription'
 
 @minLength(1)
@@ -26,11 +26,19 @@ param resourceGroupName string = ''
 @description('Azure OpenAI endpoint, https://<resource>.openai.azure.com. Empty: derived from azureOpenAiResourceId.')
 param azureOpenAiEndpoint string = ''
 
-@description('Resource id of an existing Azure OpenAI account; the deployment copies its key1 into Key Vault and derives the endpoint.')
+@description('Resource id of an existing Azure OpenAI account; the deployment derives the endpoint and copies its key1 into Key Vault (api-key) or gives the app\'s identity its role on it (entra).')
 param azureOpenAiResourceId string = ''
 
+// The code's AZURE_OPENAI_AUTH (CONTRACT section 8), passed through as that app setting.
+@allowed([
+  'api-key'
+  'entra'
+])
+@description('How the app signs its calls to Azure OpenAI: api-key (the key from Key Vault) or entra (a token of its managed identity; no Key Vault is created).')
+param azureOpenAiAuth string = 'api-key'
+
 @secure()
-@description('The api-key itself, written into Key Vault when no azureOpenAiResourceId is given. Empty: set the secret yourself.')
+@description('The api-key itself, written into Key Vault when no azureOpenAiResourceId is given (api-key mode). Empty: set the secret yourself.')
 param azureOpenAiApiKey string = ''
 
 @description('Upstream api-version the app sends.')
@@ -83,12 +91,16 @@ var resultsTtlSeconds = '-1'
 var useOpenAiAccount = !empty(azureOpenAiResourceId)
 var openAiIdSegments = split(azureOpenAiResourceId, '/')
 var openAiIdHasNineSegments = length(openAiIdSegments) == 9
-var openAiIdPrefixIsRight = openAiIdHasNineSegments ? (empty(openAiIdSegments[0]) && toLower(openAiIdSegments[1]) == 'subscriptions' && toLower(openAiIdSegments[3]) == 'resourcegroups' && toLower(openAiIdSegments[5]) == 'providers') : false
-var openAiIdNamesAnAccount = openAiIdHasNineSegments ? (toLower(openAiIdSegments[6]) == 'microsoft.cognitiveservices' && toLower(openAiIdSegments[7]) == 'accounts') : false
-var openAiIdNamesAreSet = openAiIdHasNineSegments ? (!empty(openAiIdSegments[2]) && !empty(openAiIdSegments[4]) && !empty(openAiIdSegments[8])) : false
+var openAiIdPrefixIsRight = openAiIdHasNineSegments ? toLower(concat(openAiIdSegments[0], '/', openAiIdSegments[1], '/', openAiIdSegments[3], '/', openAiIdSegments[5])) == '/subscriptions/resourcegroups/providers' : false
+var openAiIdNamesAnAccount = openAiIdHasNineSegments ? toLower(concat(openAiIdSegments[6], '/', openAiIdSegments[7])) == 'microsoft.cognitiveservices/accounts' : false
+var openAiIdNamesAreSet = openAiIdHasNineSegments ? !contains([openAiIdSegments[2], openAiIdSegments[4], openAiIdSegments[8]], '') : false
 var openAiIdIsWellFormed = openAiIdPrefixIsRight && openAiIdNamesAnAccount && openAiIdNamesAreSet
 var openAiIdParts = openAiIdIsWellFormed ? openAiIdSegments : ['', '', '', '', '', '', '', '', '']
-var keySource = useOpenAiAccount ? 'account' : (!empty(azureOpenAiApiKey) ? 'parameter' : 'none')
+
+// entra mode never reads Key Vault (CONTRACT section 8): no vault, no key copied, KEY_VAULT_URL empty.
+var useKeyVault = azureOpenAiAuth == 'api-key'
+var keySource = useKeyVault ? (useOpenAiAccount ? 'account' : (empty(azureOpenAiApiKey) ? 'none' : 'parameter')) : 'none'
+var grantOpenAiRole = useOpenAiAccount && azureOpenAiAuth == 'entra'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-11-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
@@ -133,7 +145,7 @@ module storage 'modules/storage.bicep' = {
   }
 }
 
-module keyVault 'modules/keyvault.bicep' = {
+module keyVault 'modules/keyvault.bicep' = if (useKeyVault) {
   name: 'keyvault'
   scope: rg
   params: {
@@ -149,24 +161,38 @@ module openAiKey 'modules/openai-key.bicep' = if (keySource != 'none') {
   name: 'openai-key'
   scope: rg
   params: {
-    keyVaultName: keyVault.outputs.name
+    keyVaultName: keyVault!.outputs.name
     secretName: azureOpenAiKeySecretName
     openAiSubscriptionId: useOpenAiAccount ? openAiIdParts[2] : ''
     openAiResourceGroupName: useOpenAiAccount ? openAiIdParts[4] : ''
     openAiAccountName: useOpenAiAccount ? openAiIdParts[8] : ''
-    azureOpenAiResourceIdIsWellFormed: !useOpenAiAccount || openAiIdIsWellFormed
+    azureOpenAiResourceIdIsWellFormed: useOpenAiAccount ? openAiIdIsWellFormed : true
     apiKey: azureOpenAiApiKey
   }
 }
 
-var openAiEndpoint = !empty(azureOpenAiEndpoint) ? azureOpenAiEndpoint : (useOpenAiAccount ? openAiKey!.outputs.endpoint : '')
+// A malformed id deploys this module into our own resource group, where its
+// azureOpenAiResourceIdIsWellFormed parameter refuses it: a scope built of empty parts would fail
+// first, on the scope, without naming the problem.
+module openAiAccess 'modules/openai-access.bicep' = if (grantOpenAiRole) {
+  name: 'openai-access'
+  scope: resourceGroup(openAiIdIsWellFormed ? openAiIdParts[2] : subscription().subscriptionId, openAiIdIsWellFormed ? openAiIdParts[4] : rg.name)
+  params: {
+    azureOpenAiResourceIdIsWellFormed: openAiIdIsWellFormed
+    openAiAccountName: openAiIdParts[8]
+    appPrincipalId: identity.outputs.principalId
+  }
+}
+
+var openAiAccountEndpoint = useKeyVault ? openAiKey!.outputs.endpoint : openAiAccess!.outputs.endpoint
+var openAiEndpoint = empty(azureOpenAiEndpoint) ? (useOpenAiAccount ? openAiAccountEndpoint : '') : azureOpenAiEndpoint
 
 module rbac 'modules/rbac.bicep' = {
   name: 'rbac'
   scope: rg
   params: {
     storageAccountName: storage.outputs.name
-    keyVaultName: keyVault.outputs.name
+    keyVaultName: useKeyVault ? keyVault!.outputs.name : ''
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     requestsQueueName: cancelRequestsQueue
     resultsQueueName: cancelResultsQueue
@@ -193,7 +219,8 @@ module api 'modules/functionapp.bicep' = {
     maximumInstanceCount: maximumInstanceCount
     azureOpenAiEndpoint: openAiEndpoint
     azureOpenAiApiVersion: azureOpenAiApiVersion
-    keyVaultUrl: keyVault.outputs.uri
+    azureOpenAiAuth: azureOpenAiAuth
+    keyVaultUrl: useKeyVault ? keyVault!.outputs.uri : ''
     azureOpenAiKeySecretName: azureOpenAiKeySecretName
     secretCacheSeconds: secretCacheSeconds
     keyVaultVerifyChallengeResource: keyVaultVerifyChallengeResource
@@ -217,8 +244,10 @@ output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_APP_NAME string = api.outputs.name
 output SERVICE_API_NAME string = api.outputs.name
 output AZURE_FUNCTION_APP_URL string = 'https://${api.outputs.defaultHostName}'
-output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
-output AZURE_KEY_VAULT_URL string = keyVault.outputs.uri
+output AZURE_FUNCTION_APP_PRINCIPAL_ID string = identity.outputs.principalId
+output AZURE_OPENAI_AUTH string = azureOpenAiAuth
+output AZURE_KEY_VAULT_NAME string = useKeyVault ? keyVault!.outputs.name : ''
+output AZURE_KEY_VAULT_URL string = useKeyVault ? keyVault!.outputs.uri : ''
 output AZURE_OPENAI_KEY_SECRET_NAME string = azureOpenAiKeySecretName
 output AZURE_OPENAI_KEY_SOURCE string = keySource
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name

@@ -13,6 +13,9 @@
   time-to-live is the code's, and the app's identity may send to the results queue;
 - a schema check: every property path set on every resource exists, and is not read-only, in the
   Azure SDK for Python model of that resource type at the pinned API version (RESOURCE_SCHEMAS).
+- both auth modes (AZURE_OPENAI_AUTH api-key / entra), with the account named or the endpoint only
+  (DEPLOYMENTS): `evaluate` reads the conditions for each, so the modules, role assignments, app
+  settings and outputs of each mode are checked, and nothing reads a module that mode skips.
 
 The code side is read from `shared.settings` (SETTING_DEFAULTS, SETTING_NAMES, SDK_ENVIRONMENT),
 from CONTRACT.md section 1 when the steering `shared/` folder sits beside the repository, and from
@@ -26,6 +29,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ MAIN = INFRA / "main.bicep"
 FUNCTION_APP_MODULE = INFRA / "modules" / "functionapp.bicep"
 STORAGE_MODULE = INFRA / "modules" / "storage.bicep"
 RBAC_MODULE = INFRA / "modules" / "rbac.bicep"
+OPENAI_ACCESS_MODULE = INFRA / "modules" / "openai-access.bicep"
 CHECKOV_CONFIG = REPO / ".checkov.yaml"
 CONTRACT = REPO.parent / "shared" / "CONTRACT.md"
 CODE_FILES = [REPO / "function_app.py", *sorted((REPO / "shared").glob("*.py"))]
@@ -62,21 +67,29 @@ BUILTIN_ROLES = {
     "Key Vault Secrets User": "4633458b-17de-408a-b874-0445c86b69e6",
     "Key Vault Secrets Officer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
     "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
+    "Cognitive Services OpenAI Contributor": "a001fd3d-188f-4b5d-821b-7da978bf7442",
+    "Cognitive Services OpenAI User": "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd",
 }
 
 # Least privilege: the roles each principal gets, and nothing more.
 APP_ROLES = {
     "Storage Blob Data Owner",
     "Storage Queue Data Contributor",
-    "Key Vault Secrets User",
     "Monitoring Metrics Publisher",
 }
 USER_ROLES = {
-    "Key Vault Secrets Officer",
     "Storage Queue Data Message Sender",  # on cancel-requests
     "Storage Queue Data Message Processor",  # on cancel-results: read and take records
     "Storage Queue Data Reader",  # on cancel-requests-poison: look only
 }
+# api-key mode: the app reads the key, the deploying user may set it. entra mode, with the account
+# named: the app may cancel fine-tuning jobs there. Cancelling is a data action under
+# Microsoft.CognitiveServices/accounts/OpenAI/fine-tunes/ (read, write, delete); Cognitive Services
+# OpenAI User holds only OpenAI/*/read and inference actions, Cognitive Services OpenAI Contributor
+# holds OpenAI/* without listKeys (Azure built-in roles, "AI + machine learning", learn.microsoft.com).
+APP_KEY_ROLE = "Key Vault Secrets User"
+USER_KEY_ROLE = "Key Vault Secrets Officer"
+APP_OPENAI_ROLE = "Cognitive Services OpenAI Contributor"
 
 # Read by the code path but provided by the platform or only used locally, never set by the template.
 NOT_APP_SETTINGS = {
@@ -168,15 +181,20 @@ def resources_of_type(path: Path, resource_type: str) -> dict[str, dict[str, Any
     }
 
 
-def module_call(module_file: Path) -> dict[str, Any]:
-    """The params main.bicep passes to a module."""
-    calls = [
-        resource_body(module)["params"]
+def main_module(module_file: Path) -> dict[str, Any]:
+    """main.bicep's declaration of the module in `module_file`."""
+    modules = [
+        module
         for module in parsed(MAIN)["modules"].values()
         if (INFRA / module["detail"]["path"]).resolve() == module_file.resolve()
     ]
-    assert len(calls) == 1, f"main.bicep should call {module_file.name} exactly once, found {len(calls)}"
-    return calls[0]
+    assert len(modules) == 1, f"main.bicep should call {module_file.name} exactly once, found {len(modules)}"
+    return modules[0]
+
+
+def module_call(module_file: Path) -> dict[str, Any]:
+    """The params main.bicep passes to a module."""
+    return resource_body(main_module(module_file))["params"]
 
 
 def resolve(value: Any, template: Path, caller: dict[str, Any] | None = None) -> str | None:
@@ -222,6 +240,218 @@ def app_settings() -> dict[str, Any]:
 
 def app_setting_value(name: str) -> str | None:
     return resolve(app_settings()[name], FUNCTION_APP_MODULE, module_call(FUNCTION_APP_MODULE))
+
+
+# --- evaluating the templates for one way of deploying them ----------------------------------
+#
+# `resolve` reads simple values at the parameters' defaults. `evaluate` reads conditions and
+# ternaries for a given set of main.bicep parameters (a Deployment), so each auth mode can be
+# checked: which modules and role assignments deploy, and what each app setting becomes.
+
+# An Azure OpenAI account id of the documented shape, for deployments that name one.
+OPENAI_ACCOUNT_ID = (
+    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-openai"
+    "/providers/Microsoft.CognitiveServices/accounts/aoai-example"
+)
+
+# Bicep's operator precedence, highest binds tightest (Bicep docs, "Operator precedence and associativity").
+OPERATOR_PRECEDENCE = {
+    "conditional": 0,
+    "coalesce": 1,
+    "or": 2,
+    "and": 3,
+    "equals": 4,
+    "not_equals": 4,
+    "equals_case_insensitive": 4,
+    "not_equals_case_insensitive": 4,
+    "greater_than": 5,
+    "greater_than_or_equals": 5,
+    "less_than": 5,
+    "less_than_or_equals": 5,
+    "add": 6,
+    "minus": 6,
+    "multiply": 7,
+    "divide": 7,
+    "modulo": 7,
+}
+
+
+# The Bicep functions main.bicep reads the account id with, by pycep's names.
+STRING_FUNCTIONS = {
+    "split": lambda text, delimiter: text.split(delimiter),
+    "length": len,
+    "to_lower": str.lower,
+    "concat": lambda *parts: "".join(parts),
+    "contains": lambda container, item: item in container,
+}
+
+
+class Unknown:
+    """A value known only at deployment time: a module's output, a resource's property."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"<{self.text}>"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One way of deploying main.bicep: the parameters given, the rest at their defaults."""
+
+    name: str
+    params: dict[str, Any]
+
+
+DEPLOYMENTS = [
+    Deployment("api-key, account named", {"azureOpenAiResourceId": OPENAI_ACCOUNT_ID}),
+    Deployment("api-key, endpoint only", {"azureOpenAiEndpoint": "https://aoai-example.openai.azure.com/"}),
+    Deployment("entra, account named", {"azureOpenAiAuth": "entra", "azureOpenAiResourceId": OPENAI_ACCOUNT_ID}),
+    Deployment(
+        "entra, endpoint only",
+        {"azureOpenAiAuth": "entra", "azureOpenAiEndpoint": "https://aoai-example.openai.azure.com/"},
+    ),
+]
+
+
+def auth_mode(deployment: Deployment) -> str:
+    return deployment.params.get("azureOpenAiAuth", parsed(MAIN)["parameters"]["azureOpenAiAuth"]["default"])
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A template being evaluated: main.bicep with a Deployment's parameters, or a module called from it."""
+
+    template: Path
+    deployment: Deployment
+    caller: dict[str, Any] | None = None  # the params main.bicep passes, as expressions of main.bicep
+
+    def parent(self) -> Scope:
+        return Scope(MAIN, self.deployment)
+
+
+def main_scope(deployment: Deployment) -> Scope:
+    return Scope(MAIN, deployment)
+
+
+def module_scope(module_file: Path, deployment: Deployment) -> Scope:
+    return Scope(module_file, deployment, module_call(module_file))
+
+
+def precedence_is_unambiguous(operator: dict[str, Any]) -> bool:
+    """Whether pycep's tree of this operator can be trusted.
+
+    pycep nests `a OP1 b OP2 c` as `a OP1 (b OP2 c)` whatever the operators, and `!a OP b` as
+    `!(a OP b)` (pycep-parser 0.7.1), and it keeps no parentheses. A right operand that is itself
+    an operator is read right only when it binds tighter (or is the same associative && / ||).
+    """
+    kind, operands = operator["type"], operator["operands"]
+    if kind == "not":
+        inner = operands["bool_value"]
+        return not (isinstance(inner, dict) and "operator" in inner and inner["operator"]["type"] in OPERATOR_PRECEDENCE)
+    if kind not in OPERATOR_PRECEDENCE or kind == "conditional":
+        return True
+    right = operands.get("operand_2")
+    if not (isinstance(right, dict) and "operator" in right and right["operator"]["type"] in OPERATOR_PRECEDENCE):
+        return True
+    inner = right["operator"]["type"]
+    return OPERATOR_PRECEDENCE[inner] > OPERATOR_PRECEDENCE[kind] or inner == kind in {"and", "or"}
+
+
+def accessor_path(value: Any) -> str:
+    """`keyVault.outputs.uri` from pycep's nested property accessors."""
+    if isinstance(value, dict) and "operator" in value and value["operator"]["type"] == "property_accessor":
+        operands = value["operator"]["operands"]
+        return f"{accessor_path(operands['operand_1'])}.{accessor_path(operands['operand_2'])}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def evaluate(value: Any, scope: Scope) -> Any:
+    """The value of an expression in `scope`: literals, params, vars, `${}`, the operators and
+    empty(); anything else is Unknown. Raises where pycep's reading may not be Bicep's."""
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, list):
+        return [evaluate(item, scope) for item in value]
+    if isinstance(value, str):
+        doc = parsed(scope.template)
+        if value in doc["parameters"]:
+            if scope.caller is not None and value in scope.caller:
+                return evaluate(scope.caller[value], scope.parent())
+            if scope.caller is None and value in scope.deployment.params:
+                return scope.deployment.params[value]
+            return evaluate(doc["parameters"][value].get("default"), scope)
+        if value in doc["variables"]:
+            return evaluate(doc["variables"][value]["value"], scope)
+
+        def substitute(match: re.Match[str]) -> str:
+            inner = evaluate(match.group(1), scope)
+            return match.group(0) if isinstance(inner, Unknown) else str(inner)
+
+        return INTERPOLATION.sub(substitute, value)
+    if isinstance(value, dict) and "function" in value:
+        function = value["function"]
+        if function["type"] == "empty":
+            item = evaluate(function["parameters"]["item_to_test"], scope)
+            if isinstance(item, Unknown):
+                # The module outputs the templates test are names and URLs of what the module made.
+                assert ".outputs." in item.text, f"empty() of {item}"
+                return False
+            return item is None or len(item) == 0
+        arguments = [evaluate(argument, scope) for argument in function["parameters"].values()]
+        if function["type"] in STRING_FUNCTIONS and not any(isinstance(a, Unknown) for a in arguments):
+            return STRING_FUNCTIONS[function["type"]](*arguments)
+        return Unknown(json.dumps(value))
+    if isinstance(value, dict) and "operator" in value:
+        operator = value["operator"]
+        assert precedence_is_unambiguous(operator), (
+            f"pycep may have misread this expression's precedence; give the inner part a var: {json.dumps(value)}"
+        )
+        kind, operands = operator["type"], operator["operands"]
+        if kind == "property_accessor":
+            return Unknown(accessor_path(value))
+        if kind == "index_accessor":
+            items, index = evaluate(operands["operand_1"], scope), evaluate(operands["operand_2"], scope)
+            return Unknown(json.dumps(value)) if isinstance(items, Unknown) else items[index]
+        if kind == "conditional":
+            condition = evaluate(operands["condition"], scope)
+            assert isinstance(condition, bool), f"condition {json.dumps(operands['condition'])} is {condition!r}"
+            return evaluate(operands["true_value"] if condition else operands["false_value"], scope)
+        if kind == "not":
+            inner = evaluate(operands["bool_value"], scope)
+            assert isinstance(inner, bool), f"! of {inner!r}"
+            return not inner
+        if kind in {"and", "or", "equals", "not_equals"}:
+            left, right = evaluate(operands["operand_1"], scope), evaluate(operands["operand_2"], scope)
+            assert not isinstance(left, Unknown) and not isinstance(right, Unknown), f"{kind} of {left!r}, {right!r}"
+            return {
+                "and": lambda: left and right,
+                "or": lambda: left or right,
+                "equals": lambda: left == right,
+                "not_equals": lambda: left != right,
+            }[kind]()
+        return Unknown(json.dumps(value))
+    return Unknown(json.dumps(value))
+
+
+def condition_holds(declaration: dict[str, Any], scope: Scope) -> bool:
+    """Whether a resource or module declared in `scope` deploys (no condition: it does)."""
+    if not is_conditional(declaration):
+        return True
+    held = evaluate(declaration["config"]["condition"], scope)
+    assert isinstance(held, bool), f"condition {json.dumps(declaration['config']['condition'])} is {held!r}"
+    return held
+
+
+def module_deploys(module_file: Path, deployment: Deployment) -> bool:
+    return condition_holds(main_module(module_file), main_scope(deployment))
+
+
+def app_settings_of(deployment: Deployment) -> dict[str, Any]:
+    """name -> value of each app setting for this deployment (Unknown where only Azure knows it)."""
+    scope = module_scope(FUNCTION_APP_MODULE, deployment)
+    return {name: evaluate(raw, scope) for name, raw in app_settings().items()}
 
 
 # --- reading the code ------------------------------------------------------------------------
@@ -514,15 +744,15 @@ def role_assignments() -> list[tuple[str, str, str, bool]]:
 
 
 def test_role_ids_are_the_builtin_roles_their_comments_name() -> None:
-    assert set(role_variables().values()) == APP_ROLES | USER_ROLES
+    assert set(role_variables().values()) == APP_ROLES | USER_ROLES | {APP_KEY_ROLE, USER_KEY_ROLE, APP_OPENAI_ROLE}
 
 
 def test_role_assignments_are_least_privilege() -> None:
     assignments = role_assignments()
     app = {role for _, principal, role, _ in assignments if principal == "appPrincipalId"}
     user = {role for _, principal, role, _ in assignments if principal == "userPrincipalId"}
-    assert app == APP_ROLES
-    assert user == USER_ROLES
+    assert app == APP_ROLES | {APP_KEY_ROLE, APP_OPENAI_ROLE}
+    assert user == USER_ROLES | {USER_KEY_ROLE}
     assert {principal for _, principal, _, _ in assignments} == {"appPrincipalId", "userPrincipalId"}
     for name, principal, _, conditional in assignments:
         if principal == "userPrincipalId":
@@ -531,6 +761,154 @@ def test_role_assignments_are_least_privilege() -> None:
     assert rbac_call["userPrincipalId"] == "principalId"
     app_principal = json.dumps(rbac_call["appPrincipalId"])
     assert '"identity"' in app_principal and '"principalId"' in app_principal
+
+
+USER_PRINCIPAL_ID = "11111111-1111-1111-1111-111111111111"
+
+
+def deployed_roles(deployment: Deployment) -> set[tuple[str, str]]:
+    """(principal param, role name) of every role assignment this deployment makes."""
+    roles = role_variables()
+    deployed = set()
+    for path in BICEP_FILES:
+        assignments = resources_of_type(path, "Microsoft.Authorization/roleAssignments")
+        if not assignments:
+            continue
+        assert path != MAIN, "role assignments live in modules"
+        if not module_deploys(path, deployment):
+            continue
+        scope = module_scope(path, deployment)
+        for resource in assignments.values():
+            if condition_holds(resource, scope):
+                body = resource_body(resource)
+                role_var = body["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
+                deployed.add((body["properties"]["principalId"], roles[role_var]))
+    return deployed
+
+
+@pytest.mark.parametrize("with_user", [True, False], ids=["AZURE_PRINCIPAL_ID set", "no AZURE_PRINCIPAL_ID"])
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d.name)
+def test_each_mode_grants_exactly_its_roles(deployment: Deployment, with_user: bool) -> None:
+    """api-key: the key's roles on the vault. entra: no vault roles; the OpenAI role where the account is named."""
+    if with_user:
+        deployment = Deployment(deployment.name, {**deployment.params, "principalId": USER_PRINCIPAL_ID})
+    api_key = auth_mode(deployment) == "api-key"
+    account_named = "azureOpenAiResourceId" in deployment.params
+    app = APP_ROLES | ({APP_KEY_ROLE} if api_key else {APP_OPENAI_ROLE} if account_named else set())
+    user = (USER_ROLES | ({USER_KEY_ROLE} if api_key else set())) if with_user else set()
+    expected = {("appPrincipalId", role) for role in app} | {("userPrincipalId", role) for role in user}
+    assert deployed_roles(deployment) == expected
+
+
+def test_the_openai_role_is_the_one_the_apps_errors_name() -> None:
+    """In entra mode a refused token answers 502 naming the role (shared/cancel.py OPENAI_ROLE): the one granted."""
+    from shared.cancel import OPENAI_ROLE
+
+    assert OPENAI_ROLE == APP_OPENAI_ROLE
+
+
+def test_the_openai_role_is_assigned_on_the_named_account() -> None:
+    """Scoped to the existing account, named guid(account, principal, role), deployed in the account's group."""
+    access = parsed(OPENAI_ACCESS_MODULE)
+    account = access["resources"]["openAi"]
+    assert account["existing"] and account["type"] == "Microsoft.CognitiveServices/accounts"
+    assert account["config"]["name"] == "openAiAccountName"
+    (assignment,) = resources_of_type(OPENAI_ACCESS_MODULE, "Microsoft.Authorization/roleAssignments").values()
+    body = resource_body(assignment)
+    assert body["scope"] == "openAi"
+    assert accessor_path(body["name"]["function"]["parameters"]["base_string"]) == "openAi.id"
+    assert body["properties"]["principalType"] == "ServicePrincipal"
+    call = module_call(OPENAI_ACCESS_MODULE)
+    assert accessor_path(call["appPrincipalId"]) == "identity.outputs.principalId"
+    for deployment in DEPLOYMENTS:
+        if module_deploys(OPENAI_ACCESS_MODULE, deployment):
+            scope = main_module(OPENAI_ACCESS_MODULE)["config"]["config"]["scope"]["function"]
+            assert scope["type"] == "resource_group"
+            where = {name: evaluate(arg, main_scope(deployment)) for name, arg in scope["parameters"].items()}
+            assert where == {"subscription_id": "00000000-0000-0000-0000-000000000000", "resource_group_name": "rg-openai"}
+            assert evaluate(call["openAiAccountName"], main_scope(deployment)) == "aoai-example"
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d.name)
+def test_each_mode_deploys_the_vault_and_the_key_only_for_api_key(deployment: Deployment) -> None:
+    api_key = auth_mode(deployment) == "api-key"
+    account_named = "azureOpenAiResourceId" in deployment.params
+    assert module_deploys(INFRA / "modules" / "keyvault.bicep", deployment) == api_key
+    assert module_deploys(INFRA / "modules" / "openai-key.bicep", deployment) == (api_key and account_named)
+    assert module_deploys(OPENAI_ACCESS_MODULE, deployment) == (not api_key and account_named)
+    outputs = {name: evaluate(output["value"], main_scope(deployment)) for name, output in parsed(MAIN)["outputs"].items()}
+    assert outputs["AZURE_OPENAI_AUTH"] == auth_mode(deployment)
+    assert outputs["AZURE_OPENAI_KEY_SOURCE"] == ("account" if api_key and account_named else "none")
+    for name in ("AZURE_KEY_VAULT_NAME", "AZURE_KEY_VAULT_URL"):
+        assert (outputs[name] == "") == (not api_key), f"{name}: {outputs[name]!r}"
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d.name)
+def test_nothing_reads_a_module_that_does_not_deploy(deployment: Deployment) -> None:
+    """ARM fails a deployment that reads the outputs of a module it skipped; each mode reads only its own."""
+    scope = main_scope(deployment)
+    read: list[tuple[str, Any]] = []
+    for name, module in parsed(MAIN)["modules"].items():
+        if condition_holds(module, scope):
+            read += [(f"{name}.params.{param}", evaluate(value, scope)) for param, value in resource_body(module)["params"].items()]
+    read += [(f"output {name}", evaluate(output["value"], scope)) for name, output in parsed(MAIN)["outputs"].items()]
+    modules = parsed(MAIN)["modules"]
+    for where, value in read:
+        if isinstance(value, Unknown) and ".outputs." in value.text:
+            symbol = value.text.split(".", 1)[0]
+            assert condition_holds(modules[symbol], scope), f"{where} reads {value.text}, but {symbol} does not deploy"
+
+
+def sample_value(value: Any) -> Any:
+    """A module output stands for a URL of its own (the endpoints and the vault's URI are all URLs)."""
+    if isinstance(value, Unknown):
+        return "https://" + re.sub(r"[^a-z0-9]+", "-", value.text.lower()).strip("-") + ".example.test/"
+    return value
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d.name)
+def test_app_settings_of_each_mode_are_what_the_code_accepts(deployment: Deployment) -> None:
+    """The template's app settings, read by shared.settings: the mode is the one deployed, entra reads no vault."""
+    from shared.settings import Settings
+
+    values = app_settings_of(deployment)
+    mode = auth_mode(deployment)
+    assert values["AZURE_OPENAI_AUTH"] == mode
+    if mode == "entra":
+        assert values["KEY_VAULT_URL"] == ""
+    else:
+        assert isinstance(values["KEY_VAULT_URL"], Unknown) and values["KEY_VAULT_URL"].text == "keyVault.outputs.uri"
+    settings = Settings.from_environ({name: sample_value(value) for name, value in values.items()})
+    assert settings.auth == mode
+    assert (settings.key_vault_url is None) == (mode == "entra")
+
+
+def test_auth_parameter_takes_the_codes_modes_and_default() -> None:
+    from shared.settings import AUTH_MODES, SETTING_DEFAULTS
+
+    for path in (MAIN, FUNCTION_APP_MODULE):
+        parameter = parsed(path)["parameters"]["azureOpenAiAuth"]
+        allowed = [d["argument"] for d in parameter["decorators"] if d["type"] == "allowed"]
+        assert allowed == [list(AUTH_MODES)], f"{path.name}: {allowed}"
+    assert parsed(MAIN)["parameters"]["azureOpenAiAuth"]["default"] == SETTING_DEFAULTS["AZURE_OPENAI_AUTH"]
+    assert app_settings()["AZURE_OPENAI_AUTH"] == "azureOpenAiAuth"
+    assert module_call(FUNCTION_APP_MODULE)["azureOpenAiAuth"] == "azureOpenAiAuth"
+
+
+def test_evaluate_refuses_what_pycep_may_have_misread(tmp_path: Path) -> None:
+    """pycep reads `!a && b` as `!(a && b)` and `a == b && c` as `a == (b && c)`: evaluate must not trust those."""
+    copy = tmp_path / "precedence.bicep"
+    copy.write_text(
+        "param a bool = false\nparam b bool = false\nparam m string = 'x'\n"
+        "var notFirst = !a && b\nvar equalsFirst = m == 'x' && b\nvar andFirst = b && m == 'x'\n",
+        encoding="utf-8",
+    )
+    scope = Scope(copy, DEPLOYMENTS[0], caller={})
+    variables = parsed(copy)["variables"]
+    for misread in ("notFirst", "equalsFirst"):
+        with pytest.raises(AssertionError, match="precedence"):
+            evaluate(variables[misread]["value"], scope)
+    assert evaluate(variables["andFirst"]["value"], scope) is False
 
 
 # --- locked-down properties ------------------------------------------------------------------
@@ -628,6 +1006,7 @@ def test_parameters_file_uses_azd_substitutions() -> None:
     assert values["environmentName"] == "${AZURE_ENV_NAME}"
     assert values["location"] == "${AZURE_LOCATION}"
     assert values["principalId"] == "${AZURE_PRINCIPAL_ID}"
+    assert values["azureOpenAiAuth"] == "${AZURE_OPENAI_AUTH=api-key}"  # the code's default, as azd writes it
     main_params = parsed(MAIN)["parameters"]
     assert set(values) <= set(main_params), f"parameters main.bicep lacks: {set(values) - set(main_params)}"
     assert "azureOpenAiApiKey" not in values, "keep the api-key out of azd's plain-text .env"
@@ -701,6 +1080,41 @@ def test_openai_resource_id_shape_is_checked_before_its_parts_are_read() -> None
     assert "openAiIdIsWellFormed" in json.dumps(call["azureOpenAiResourceIdIsWellFormed"])
     guard = parsed(module)["parameters"]["azureOpenAiResourceIdIsWellFormed"]
     assert {"type": "allowed", "argument": [True]} in guard["decorators"], guard["decorators"]
+
+
+@pytest.mark.parametrize(
+    ("resource_id", "well_formed"),
+    [
+        (OPENAI_ACCOUNT_ID, True),
+        (OPENAI_ACCOUNT_ID.replace("resourceGroups", "RESOURCEGROUPS"), True),  # ARM ids are case-insensitive
+        (OPENAI_ACCOUNT_ID + "/", False),
+        (OPENAI_ACCOUNT_ID.lstrip("/"), False),
+        (OPENAI_ACCOUNT_ID.replace("resourceGroups", "resourceGroup"), False),
+        (OPENAI_ACCOUNT_ID.replace("Microsoft.CognitiveServices", "Microsoft.MachineLearningServices"), False),
+        (OPENAI_ACCOUNT_ID.replace("/accounts/", "/account/"), False),
+        (OPENAI_ACCOUNT_ID.replace("/rg-openai/", "//"), False),
+        (OPENAI_ACCOUNT_ID.replace("aoai-example", ""), False),
+        ("aoai-example", False),
+    ],
+)
+@pytest.mark.parametrize("mode", ["api-key", "entra"])
+def test_a_malformed_openai_resource_id_is_refused_by_the_guard_not_by_an_empty_scope(
+    resource_id: str, well_formed: bool, mode: str
+) -> None:
+    """Each module that reads the account gets azureOpenAiResourceIdIsWellFormed; entra's scope never has an empty part."""
+    deployment = Deployment(resource_id, {"azureOpenAiAuth": mode, "azureOpenAiResourceId": resource_id})
+    scope = main_scope(deployment)
+    assert evaluate("openAiIdIsWellFormed", scope) is well_formed
+    module_file = INFRA / "modules" / ("openai-key.bicep" if mode == "api-key" else "openai-access.bicep")
+    assert module_deploys(module_file, deployment)
+    assert evaluate(module_call(module_file)["azureOpenAiResourceIdIsWellFormed"], scope) is well_formed
+    guard = parsed(module_file)["parameters"]["azureOpenAiResourceIdIsWellFormed"]
+    assert {"type": "allowed", "argument": [True]} in guard["decorators"], guard["decorators"]
+    if mode == "entra":
+        where = main_module(OPENAI_ACCESS_MODULE)["config"]["config"]["scope"]["function"]["parameters"]
+        parts = [evaluate(part, scope) for part in where.values()]
+        assert all(isinstance(part, Unknown) or part for part in parts), f"an empty scope part: {parts}"
+        assert all(isinstance(part, str) for part in parts) == well_formed  # else our own subscription and group
 
 
 def test_readme_says_to_register_the_microsoft_app_provider() -> None:

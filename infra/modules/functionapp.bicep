@@ -51,6 +51,12 @@ param pythonThreadPoolThreadCount string = '32'
 // The app settings of CONTRACT section 1; all strings, as app settings are.
 param azureOpenAiEndpoint string
 param azureOpenAiApiVersion string
+@allowed([
+  'api-key'
+  'entra'
+])
+param azureOpenAiAuth string
+@description('The vault\'s URL in api-key mode; empty in entra mode, which never reads Key Vault.')
 param keyVaultUrl string
 param azureOpenAiKeySecretName string
 param secretCacheSeconds string
@@ -138,6 +144,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'AZURE_OPENAI_API_VERSION'
           value: azureOpenAiApiVersion
+        }
+        {
+          name: 'AZURE_OPENAI_AUTH'
+          value: azureOpenAiAuth
         }
         {
           name: 'KEY_VAULT_URL'

@@ -1,7 +1,9 @@
 // Role assignments, least privilege. Each role id is a built-in role, named in the comment beside it.
 
 param storageAccountName string
-param keyVaultName string
+
+@description('The Key Vault holding the api-key; empty in entra mode, where there is none.')
+param keyVaultName string = ''
 param applicationInsightsName string
 param requestsQueueName string
 param resultsQueueName string
@@ -23,6 +25,7 @@ var keyVaultSecretsOfficerRoleId = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7' // Key
 var monitoringMetricsPublisherRoleId = '3913510d-42f4-4e42-8a64-420c390055eb' // Monitoring Metrics Publisher
 
 var grantUser = !empty(userPrincipalId)
+var useKeyVault = !empty(keyVaultName)
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -48,7 +51,8 @@ resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@202
   name: poisonQueueName
 }
 
-resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+// Conditional, so every read says `vault!`: there is no vault in entra mode (BCP318).
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = if (useKeyVault) {
   name: keyVaultName
 }
 
@@ -56,7 +60,8 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
   name: applicationInsightsName
 }
 
-// The app's identity: host storage (blobs: keys, leases, deployment package), its queues, the api-key, telemetry.
+// The app's identity: host storage (blobs: keys, leases, deployment package), its queues, the api-key
+// (api-key mode), telemetry. Its role on the Azure OpenAI account (entra mode) is in openai-access.bicep.
 
 resource appBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, appPrincipalId, storageBlobDataOwnerRoleId)
@@ -78,8 +83,8 @@ resource appQueueDataContributor 'Microsoft.Authorization/roleAssignments@2022-0
   }
 }
 
-resource appSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(vault.id, appPrincipalId, keyVaultSecretsUserRoleId)
+resource appSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (useKeyVault) {
+  name: guid(vault!.id, appPrincipalId, keyVaultSecretsUserRoleId)
   scope: vault
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUserRoleId)
@@ -98,11 +103,11 @@ resource appMetricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01
   }
 }
 
-// The deploying user: set the api-key, enqueue cancel requests, read results and poison messages.
+// The deploying user: set the api-key (api-key mode), enqueue cancel requests, read results and poison messages.
 // No principalType: it may be a user or, in CI, a service principal.
 
-resource userSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (grantUser) {
-  name: guid(vault.id, userPrincipalId, keyVaultSecretsOfficerRoleId)
+resource userSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (grantUser && useKeyVault) {
+  name: guid(vault!.id, userPrincipalId, keyVaultSecretsOfficerRoleId)
   scope: vault
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsOfficerRoleId)
