@@ -384,6 +384,7 @@ class LocalStack:
             "AzureWebJobsStorage": self.azurite.connection_string,
             "CANCEL_REQUESTS_QUEUE": self.requests_queue,
             "CANCEL_RESULTS_QUEUE": self.results_queue,
+            "PYTHON_THREADPOOL_THREAD_COUNT": "32",  # the shipped value (infra/ and docs/local-stack.md say why)
             FUNCTION_KEY_ENV: self.function_key,
         }
         self.runner = runner_process(
