@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import importlib.util
 import inspect
@@ -50,6 +51,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote
 
 import azure.functions as func
+from azure.functions.timer import TimerRequest
 
 # Azurite's development account as the app itself reads `UseDevelopmentStorage=true` (one definition for both).
 from shared.results_queue import development_storage_connection_string, expand_development_storage  # noqa: F401
@@ -365,6 +367,7 @@ class LocalFunction:
     trigger_queue: str = ""
     trigger_connection_string: str = ""
     has_return: bool = False  # a `$return` binding (an HTTP trigger's http output)
+    timer_schedule: str = ""  # a timer trigger's six-field NCRONTAB expression
 
 
 _indexed_apps: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
@@ -393,7 +396,7 @@ def index_functions(app: func.FunctionApp, settings: Mapping[str, str]) -> list[
             spec = binding.get_dict_repr()
             kind, arg = spec["type"], spec["name"]
             where = f"function '{name}', binding '{arg}'"
-            if kind in ("httpTrigger", "queueTrigger"):
+            if kind in ("httpTrigger", "queueTrigger", "timerTrigger"):
                 trigger_arg, trigger_type = arg, kind
                 trigger = {key: _resolved(value, settings, where) for key, value in spec.items()}
             elif kind == "queue":
@@ -411,7 +414,9 @@ def index_functions(app: func.FunctionApp, settings: Mapping[str, str]) -> list[
             else:
                 raise RunnerError(f"{where}: the local runner does not support '{kind}' bindings")
         if not trigger_type:
-            raise RunnerError(f"function '{name}' has no trigger the local runner supports (httpTrigger, queueTrigger)")
+            raise RunnerError(
+                f"function '{name}' has no trigger the local runner supports (httpTrigger, queueTrigger, timerTrigger)"
+            )
         user_function = function.get_user_function()
         bound = {trigger_arg, *(output.arg_name for output in outputs)}
         unbound = [p for p in inspect.signature(user_function).parameters if p not in bound]
@@ -443,6 +448,10 @@ def index_functions(app: func.FunctionApp, settings: Mapping[str, str]) -> list[
                     auth_level=_enum_value(trigger.get("authLevel") or "function").lower(),
                 )
             )
+        elif trigger_type == "timerTrigger":
+            schedule = str(trigger.get("schedule") or "")
+            NcrontabSchedule.parse(schedule, where=f"function '{name}'")  # refused at start, as the host does
+            indexed.append(LocalFunction(**common, timer_schedule=schedule))
         else:
             indexed.append(
                 LocalFunction(
@@ -1134,6 +1143,82 @@ class _EnvironmentLease:
             _EnvironmentLease._holder = None
 
 
+class NcrontabSchedule:
+    """A six-field NCRONTAB expression (`{second} {minute} {hour} {day} {month} {day-of-week}`), as the host's
+    timer trigger reads it (azure-webjobs-sdk-extensions `TimerTriggerAttribute`, NCrontab `CrontabSchedule`):
+    `*`, `a`, `a-b`, `*/n`, `a-b/n` and lists. Names (`Mon`, `Jan`) and TimeSpan schedules are refused here.
+    """
+
+    _RANGES = ((0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 6))
+
+    def __init__(self, fields: tuple[frozenset[int], ...]) -> None:
+        self._fields = fields
+
+    @classmethod
+    def parse(cls, expression: str, *, where: str) -> NcrontabSchedule:
+        parts = expression.split()
+        if len(parts) != 6:
+            raise RunnerError(f"{where}: timer schedule '{expression}' is not six NCRONTAB fields")
+        try:
+            return cls(tuple(cls._field(part, low, high) for part, (low, high) in zip(parts, cls._RANGES, strict=True)))
+        except ValueError as err:
+            raise RunnerError(f"{where}: timer schedule '{expression}' is not one the local runner reads") from err
+
+    @staticmethod
+    def _field(text: str, low: int, high: int) -> frozenset[int]:
+        values: set[int] = set()
+        for item in text.split(","):
+            span, _, step = item.partition("/")
+            first, last = (low, high) if span == "*" else (int(span.split("-")[0]), int(span.split("-")[-1]))
+            if not low <= first <= last <= high:
+                raise ValueError(item)
+            values.update(range(first, last + 1, int(step) if step else 1))
+        return frozenset(values)
+
+    def matches(self, moment: time.struct_time) -> bool:
+        second, minute, hour, day, month, weekday = self._fields
+        return (
+            moment.tm_sec in second
+            and moment.tm_min in minute
+            and moment.tm_hour in hour
+            and moment.tm_mday in day
+            and moment.tm_mon in month
+            and (moment.tm_wday + 1) % 7 in weekday  # NCRONTAB: Sunday is 0
+        )
+
+
+class TimerScheduler:
+    """Fires the app's timer triggers in UTC, each second that their schedule names, in the worker's pool."""
+
+    def __init__(self, functions: Sequence[LocalFunction], pool: InvocationPool) -> None:
+        self._timers = [
+            (function, NcrontabSchedule.parse(function.timer_schedule, where=function.name)) for function in functions
+        ]
+        self._pool = pool
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="timers", daemon=True)
+
+    def start(self) -> None:
+        if self._timers:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        second = int(time.time())
+        while not self._stop.wait(max(0.0, second + 1 - time.time())):
+            second += 1
+            moment = time.gmtime(second)
+            for function, schedule in self._timers:
+                if schedule.matches(moment):
+                    self._fire(function)
+
+    def _fire(self, function: LocalFunction) -> None:
+        with contextlib.suppress(Exception), _invocation_log(function, "Timer fired"):
+            invoke(function, TimerRequest(past_due=False), self._pool)  # what the worker's TimerRequestConverter builds
+
+
 class FunctionsRunner:
     """Runs a FunctionApp's HTTP and queue triggers locally; `start()`/`stop()`, or use it as a context manager.
 
@@ -1174,6 +1259,7 @@ class FunctionsRunner:
         self._server: BackgroundServer | None = None
         self._listeners: list[QueueListener] = []
         self._pool: InvocationPool | None = None
+        self._timers: TimerScheduler | None = None
         self.functions: list[LocalFunction] = []
 
     @property
@@ -1219,6 +1305,9 @@ class FunctionsRunner:
                     "using it? Choose another port (--port, or FUNCTIONS_PORT for make run)"
                 ) from err
             self._server = BackgroundServer(server, "functions-http")
+            self._timers = TimerScheduler(
+                [function for function in self.functions if function.trigger_type == "timerTrigger"], self._pool
+            )
             self._listeners = [
                 QueueListener(
                     function,
@@ -1241,12 +1330,15 @@ class FunctionsRunner:
         self._server.start()
         for listener in self._listeners:
             listener.start()
+        self._timers.start()
         return self
 
     def stop(self, *, grace: float = STOP_GRACE_SECONDS) -> None:
         """Stop serving and polling, wait for running queue invocations, restore os.environ."""
         if self._server is not None:
             self._server.stop()
+        if self._timers is not None:
+            self._timers.stop()
         for listener in self._listeners:
             listener.stop(grace)
         if self._pool is not None:
