@@ -255,16 +255,12 @@ def test_wait_seconds_in_a_query_string_is_text(simulator: FineTuningSimulator, 
 
 # --- properties over text and bodies (classes 1 to 4) -------------------------------------------------------------
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-PROPERTY_SETTINGS = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+from tests.test_properties import PROPERTY_SETTINGS as ALL_PROPERTY_SETTINGS  # noqa: E402
+
+PROPERTY_SETTINGS = settings(ALL_PROPERTY_SETTINGS, max_examples=60)  # each example makes several requests
 # Every code point, surrogates and noncharacters included, with the ones queues refuse drawn often.
 any_code_point = st.one_of(
     st.characters(min_codepoint=0, max_codepoint=0x10FFFF, categories=None),

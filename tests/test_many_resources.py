@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import azure.functions as func
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devstack.keyvault_emulator import KeyVaultEmulator
@@ -21,6 +21,7 @@ from devstack.openai_sim import FineTuningSimulator
 from shared.settings import Settings, SettingsError
 from tests.conftest import API_KEY, drain_results, handler
 from tests.test_bulk_wait_health import call_bulk
+from tests.test_properties import PROPERTY_SETTINGS
 
 SECOND_KEY = "sim-key-second-5d1e9f0a7b2c4e6d8f0a1b3c5d7e9f01"
 RESOURCE_ROUTE = "resources/{resource}/openai/fine_tuning/jobs/{job_id}/cancel"
@@ -237,8 +238,7 @@ def test_forged_caller_headers_never_reach_a_record_without_platform_auth(
 names = st.one_of(st.sampled_from(["default", "second", "trap", "", "SECOND", "second\n"]), st.text(max_size=50))
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(PROPERTY_SETTINGS, max_examples=60)
 @given(name=names, as_object=st.booleans())
 def test_no_input_reaches_an_endpoint_off_the_allow_list(
     name: str, as_object: bool, two_resources, simulator, second, trap: FineTuningSimulator, call_queue
