@@ -1,6 +1,7 @@
 // `azd up` entry point: one resource group with a Flex Consumption function app that cancels
-// Azure OpenAI fine-tuning jobs, its storage and queues, a Key Vault for the api-key (api-key mode
-// only), monitoring, a user-assigned identity and least-privilege role assignments.
+// Azure OpenAI fine-tuning jobs on a default resource and any listed in azureOpenAiResources, its
+// storage and queues, a Key Vault for the api-keys (only when a resource uses one), monitoring, a
+// user-assigned identity and least-privilege role assignments.
 targetScope = 'subscription'
 
 @minLength(1)
@@ -46,6 +47,12 @@ param azureOpenAiApiVersion string = '2024-10-21'
 
 @description('Name of the Key Vault secret holding the api-key.')
 param azureOpenAiKeySecretName string = 'azure-openai-api-key'
+
+// The code's AZURE_OPENAI_RESOURCES (CONTRACT section 8), built from this list. Bicep cannot
+// decorate array items without a user-defined type, which pycep-parser (checkov's parser) cannot
+// read with decorators, so the items are checked below and refused through a guard parameter.
+@description('More Azure OpenAI resources the app may cancel jobs on, beside the default one: a JSON array of {"name": "<1 to 40 of a-z, 0-9, ->", "resourceId": "/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.CognitiveServices/accounts/<name>" or "endpoint": "https://<resource>.openai.azure.com/", "auth": "api-key" or "entra", "apiVersion" (optional, default azureOpenAiApiVersion)}. With resourceId, api-key copies key1 into Key Vault as azure-openai-api-key-<name> and entra gives the app\'s identity its role on the account; with endpoint, api-key needs that secret set by hand. The name default is the default resource\'s.')
+param azureOpenAiResources array = []
 
 @description('Key Vault purge protection (irreversible). Turn off only for throwaway environments.')
 param keyVaultEnablePurgeProtection bool = true
@@ -97,10 +104,43 @@ var openAiIdNamesAreSet = openAiIdHasNineSegments ? !contains([openAiIdSegments[
 var openAiIdIsWellFormed = openAiIdPrefixIsRight && openAiIdNamesAnAccount && openAiIdNamesAreSet
 var openAiIdParts = openAiIdIsWellFormed ? openAiIdSegments : ['', '', '', '', '', '', '', '', '']
 
-// entra mode never reads Key Vault (CONTRACT section 8): no vault, no key copied, KEY_VAULT_URL empty.
-var useKeyVault = azureOpenAiAuth == 'api-key'
-var keySource = useKeyVault ? (useOpenAiAccount ? 'account' : (empty(azureOpenAiApiKey) ? 'none' : 'parameter')) : 'none'
-var grantOpenAiRole = useOpenAiAccount && azureOpenAiAuth == 'entra'
+// The extra resources, each with every field (resourceId and endpoint '' when not given). Operands
+// that are property reads or comparisons are parenthesised: pycep-parser, which checkov and
+// tests/test_infra.py read the templates with, otherwise reads `r.a == b` as `r.(a == b)`.
+var openAiResourceNameCharacters = 'abcdefghijklmnopqrstuvwxyz0123456789-'
+var extraOpenAiNames = map(azureOpenAiResources, r => r.name)
+var extraOpenAiGiven = [for r in azureOpenAiResources: {
+  name: r.name
+  auth: r.auth
+  resourceId: contains(r, 'resourceId') ? r.resourceId : ''
+  endpoint: contains(r, 'endpoint') ? r.endpoint : ''
+  apiVersion: contains(r, 'apiVersion') ? r.apiVersion : ''
+}]
+// The names the app accepts (shared/settings.py RESOURCE_NAME, not `default`), once each; exactly
+// one of resourceId and endpoint; one of the code's auth modes.
+var badExtraOpenAiNames = filter(extraOpenAiNames, n => (length(n) < 1) || (length(n) > 40) || (n == 'default') || (indexOf(extraOpenAiNames, n) != lastIndexOf(extraOpenAiNames, n)) || !empty(filter(range(0, length(n)), c => !contains(openAiResourceNameCharacters, substring(n, c, 1)))))
+var badExtraOpenAiEntries = filter(extraOpenAiGiven, r => (empty(r.resourceId) == empty(r.endpoint)) || !contains(['api-key', 'entra'], r.auth))
+var extraOpenAiResourcesAreValid = empty(badExtraOpenAiNames) && empty(badExtraOpenAiEntries)
+// An invalid list deploys nothing per resource; the function app module's guard then refuses it.
+var extraOpenAi = extraOpenAiResourcesAreValid ? extraOpenAiGiven : []
+
+// Each extra resource id, checked like azureOpenAiResourceId above before any part is read.
+var extraOpenAiIdSegments = [for r in extraOpenAi: split(r.resourceId, '/')]
+var extraOpenAiIdIsWellFormed = [for segments in extraOpenAiIdSegments: (length(segments) == 9) ? ((toLower(concat(segments[0], '/', segments[1], '/', segments[3], '/', segments[5], '/', segments[6], '/', segments[7])) == '/subscriptions/resourcegroups/providers/microsoft.cognitiveservices/accounts') && !contains([segments[2], segments[4], segments[8]], '')) : false]
+var extraOpenAiIdParts = [for (segments, i) in extraOpenAiIdSegments: extraOpenAiIdIsWellFormed[i] ? segments : ['', '', '', '', '', '', '', '', '']]
+var extraOpenAiKeyCopies = [for r in extraOpenAi: ((r.auth) == 'api-key') && !empty(r.resourceId)]
+var extraOpenAiRoleGrants = [for r in extraOpenAi: ((r.auth) == 'entra') && !empty(r.resourceId)]
+var extraOpenAiKeyFields = [for r in extraOpenAi: ((r.auth) == 'api-key') ? { key_secret_name: 'azure-openai-api-key-${r.name}' } : {}]
+var extraOpenAiVersionFields = [for r in extraOpenAi: empty(r.apiVersion) ? {} : { api_version: r.apiVersion }]
+var extraOpenAiUsesKey = !empty(filter(extraOpenAi, r => (r.auth) == 'api-key'))
+
+// entra mode never reads Key Vault (CONTRACT section 8): the vault exists only when the default
+// resource (there is one when its endpoint or account is given) or an extra one uses an api-key.
+var hasDefaultResource = useOpenAiAccount || !empty(azureOpenAiEndpoint)
+var defaultUsesKey = hasDefaultResource && (azureOpenAiAuth == 'api-key')
+var useKeyVault = defaultUsesKey || extraOpenAiUsesKey
+var keySource = defaultUsesKey ? (useOpenAiAccount ? 'account' : (empty(azureOpenAiApiKey) ? 'none' : 'parameter')) : 'none'
+var grantOpenAiRole = useOpenAiAccount && (azureOpenAiAuth == 'entra')
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-11-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
@@ -184,7 +224,32 @@ module openAiAccess 'modules/openai-access.bicep' = if (grantOpenAiRole) {
   }
 }
 
-var openAiAccountEndpoint = useKeyVault ? openAiKey!.outputs.endpoint : openAiAccess!.outputs.endpoint
+// Per extra resource named by its account: its key1 copied into Key Vault (api-key), or the app's
+// role on the account (entra), with the same modules and guards as the default resource's.
+module extraOpenAiKeys 'modules/openai-key.bicep' = [for (r, i) in extraOpenAi: if(extraOpenAiKeyCopies[i]) {
+  name: 'openai-key-${r.name}'
+  scope: rg
+  params: {
+    keyVaultName: keyVault!.outputs.name
+    secretName: 'azure-openai-api-key-${r.name}'
+    openAiSubscriptionId: extraOpenAiIdParts[i][2]
+    openAiResourceGroupName: extraOpenAiIdParts[i][4]
+    openAiAccountName: extraOpenAiIdParts[i][8]
+    azureOpenAiResourceIdIsWellFormed: extraOpenAiIdIsWellFormed[i]
+  }
+}]
+
+module extraOpenAiAccess 'modules/openai-access.bicep' = [for (r, i) in extraOpenAi: if(extraOpenAiRoleGrants[i]) {
+  name: 'openai-access-${r.name}'
+  scope: resourceGroup(extraOpenAiIdIsWellFormed[i] ? extraOpenAiIdParts[i][2] : subscription().subscriptionId, extraOpenAiIdIsWellFormed[i] ? extraOpenAiIdParts[i][4] : rg.name)
+  params: {
+    azureOpenAiResourceIdIsWellFormed: extraOpenAiIdIsWellFormed[i]
+    openAiAccountName: extraOpenAiIdParts[i][8]
+    appPrincipalId: identity.outputs.principalId
+  }
+}]
+
+var openAiAccountEndpoint = (azureOpenAiAuth == 'api-key') ? openAiKey!.outputs.endpoint : openAiAccess!.outputs.endpoint
 var openAiEndpoint = empty(azureOpenAiEndpoint) ? (useOpenAiAccount ? openAiAccountEndpoint : '') : azureOpenAiEndpoint
 
 module rbac 'modules/rbac.bicep' = {
@@ -230,6 +295,15 @@ module api 'modules/functionapp.bicep' = {
     upstreamMaxRetries: upstreamMaxRetries
     upstreamDeadlineSeconds: upstreamDeadlineSeconds
     resultsTtlSeconds: resultsTtlSeconds
+    azureOpenAiResourcesAreValid: extraOpenAiResourcesAreValid
+    // Each entry's value is what the app reads for it (shared/settings.py _named_resources).
+    azureOpenAiResources: [for (r, i) in extraOpenAi: {
+      name: r.name
+      value: union({
+        endpoint: empty(r.endpoint) ? (extraOpenAiKeyCopies[i] ? extraOpenAiKeys[i]!.outputs.endpoint : extraOpenAiAccess[i]!.outputs.endpoint) : r.endpoint
+        auth: r.auth
+      }, extraOpenAiKeyFields[i], extraOpenAiVersionFields[i])
+    }]
   }
   // The host starts with identity-based storage: its roles must exist before it does.
   dependsOn: [
@@ -250,6 +324,7 @@ output AZURE_KEY_VAULT_NAME string = useKeyVault ? keyVault!.outputs.name : ''
 output AZURE_KEY_VAULT_URL string = useKeyVault ? keyVault!.outputs.uri : ''
 output AZURE_OPENAI_KEY_SECRET_NAME string = azureOpenAiKeySecretName
 output AZURE_OPENAI_KEY_SOURCE string = keySource
+output AZURE_OPENAI_RESOURCE_NAMES array = map(extraOpenAi, r => r.name)
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output CANCEL_REQUESTS_QUEUE string = cancelRequestsQueue
 output CANCEL_RESULTS_QUEUE string = cancelResultsQueue

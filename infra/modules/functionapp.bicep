@@ -68,6 +68,20 @@ param upstreamMaxRetries string
 param upstreamDeadlineSeconds string
 param resultsTtlSeconds string
 
+// main.bicep passes false when an entry of its azureOpenAiResources is refused: ARM then refuses
+// this module, naming this parameter, and nothing was deployed for any of those resources.
+@allowed([
+  true
+])
+@description('false when azureOpenAiResources has a name that is not 1 to 40 of a-z, 0-9 and -, is default or is used twice, or an entry without exactly one of resourceId and endpoint, or whose auth is not api-key or entra.')
+param azureOpenAiResourcesAreValid bool = true
+
+@description('The extra Azure OpenAI resources, [{name, value}], value being the entry AZURE_OPENAI_RESOURCES holds for name.')
+param azureOpenAiResources array = []
+
+// CONTRACT section 8: a JSON object of named resources; '' (none) is what the app reads as unset.
+var azureOpenAiResourcesSetting = empty(azureOpenAiResources) ? '' : string(toObject(azureOpenAiResources, r => r.name, r => r.value))
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
   location: location
@@ -148,6 +162,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'AZURE_OPENAI_AUTH'
           value: azureOpenAiAuth
+        }
+        {
+          name: 'AZURE_OPENAI_RESOURCES'
+          value: azureOpenAiResourcesSetting
         }
         {
           name: 'KEY_VAULT_URL'
