@@ -105,10 +105,12 @@ var openAiIdIsWellFormed = openAiIdPrefixIsRight && openAiIdNamesAnAccount && op
 var openAiIdParts = openAiIdIsWellFormed ? openAiIdSegments : ['', '', '', '', '', '', '', '', '']
 
 // The extra resources, each with every field (resourceId and endpoint '' when not given). Operands
-// that are property reads or comparisons are parenthesised: pycep-parser, which checkov and
-// tests/test_infra.py read the templates with, otherwise reads `r.a == b` as `r.(a == b)`.
-var openAiResourceNameCharacters = 'abcdefghijklmnopqrstuvwxyz0123456789-'
-var extraOpenAiNames = map(azureOpenAiResources, r => r.name)
+// that are property reads or comparisons are parenthesised: pycep-parser, which tests/test_infra.py
+// reads the templates with, otherwise reads `r.a == b` as `r.(a == b)`. The only lambda is
+// filter(): checkov's older pycep-parser reads no other (no map(), no toObject()).
+// Split on every character a name may have, a name leaves only empty pieces (split() takes an array of delimiters).
+var openAiResourceNameCharacters = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k', 'l', 'm', 'n', 'o', 'p', 'q', 'r', 's', 't', 'u', 'v', 'w', 'x', 'y', 'z', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '-']
+var extraOpenAiNames = [for r in azureOpenAiResources: r.name]
 var extraOpenAiGiven = [for r in azureOpenAiResources: {
   name: r.name
   auth: r.auth
@@ -118,7 +120,7 @@ var extraOpenAiGiven = [for r in azureOpenAiResources: {
 }]
 // The names the app accepts (shared/settings.py RESOURCE_NAME, not `default`), once each; exactly
 // one of resourceId and endpoint; one of the code's auth modes.
-var badExtraOpenAiNames = filter(extraOpenAiNames, n => (length(n) < 1) || (length(n) > 40) || (n == 'default') || (indexOf(extraOpenAiNames, n) != lastIndexOf(extraOpenAiNames, n)) || !empty(filter(range(0, length(n)), c => !contains(openAiResourceNameCharacters, substring(n, c, 1)))))
+var badExtraOpenAiNames = filter(extraOpenAiNames, n => (length(n) < 1) || (length(n) > 40) || (n == 'default') || (indexOf(extraOpenAiNames, n) != lastIndexOf(extraOpenAiNames, n)) || !empty(join(split(n, openAiResourceNameCharacters), '')))
 var badExtraOpenAiEntries = filter(extraOpenAiGiven, r => (empty(r.resourceId) == empty(r.endpoint)) || !contains(['api-key', 'entra'], r.auth))
 var extraOpenAiResourcesAreValid = empty(badExtraOpenAiNames) && empty(badExtraOpenAiEntries)
 // An invalid list deploys nothing per resource; the function app module's guard then refuses it.
@@ -324,7 +326,7 @@ output AZURE_KEY_VAULT_NAME string = useKeyVault ? keyVault!.outputs.name : ''
 output AZURE_KEY_VAULT_URL string = useKeyVault ? keyVault!.outputs.uri : ''
 output AZURE_OPENAI_KEY_SECRET_NAME string = azureOpenAiKeySecretName
 output AZURE_OPENAI_KEY_SOURCE string = keySource
-output AZURE_OPENAI_RESOURCE_NAMES array = map(extraOpenAi, r => r.name)
+output AZURE_OPENAI_RESOURCE_NAMES array = [for r in extraOpenAi: r.name]
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output CANCEL_REQUESTS_QUEUE string = cancelRequestsQueue
 output CANCEL_RESULTS_QUEUE string = cancelResultsQueue

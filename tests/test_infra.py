@@ -145,6 +145,7 @@ FLEX_REFUSED_SITE_PROPERTIES = {
 GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 ROLE_VAR_LINE = re.compile(rf"^\s*var\s+(\w+)\s*=\s*'({GUID.pattern})'\s*//\s*(.+?)\s*$")
 INTERPOLATION = re.compile(r"\$\{(\w+)\}")
+MEMBER_INTERPOLATION = re.compile(r"\$\{(\w+)(?:\.(\w+))?\}")
 
 
 # --- reading the templates -------------------------------------------------------------------
@@ -309,7 +310,8 @@ def bicep_string(value: Any) -> str:
 
 # The Bicep functions main.bicep reads the account ids and the extra resources with, by pycep's names.
 STRING_FUNCTIONS = {
-    "split": lambda text, delimiter: text.split(delimiter),
+    "split": lambda text, delimiters: re.split("|".join(map(re.escape, [delimiters] if isinstance(delimiters, str) else delimiters)), text),
+    "join": lambda items, separator: separator.join(items),
     "length": len,
     "to_lower": str.lower,
     "concat": lambda *parts: "".join(parts),
@@ -504,9 +506,11 @@ def evaluate(value: Any, scope: Scope) -> Any:
 
         def substitute(match: re.Match[str]) -> str:
             inner = evaluate(match.group(1), scope)
+            if match.group(2) is not None and isinstance(inner, dict):  # `${r.name}` of a loop's item
+                inner = inner[match.group(2)]
             return match.group(0) if isinstance(inner, Unknown) else str(inner)
 
-        return INTERPOLATION.sub(substitute, value)
+        return MEMBER_INTERPOLATION.sub(substitute, value)
     if isinstance(value, dict) and "function" in value:
         function = value["function"]
         if function["type"] == "empty":
