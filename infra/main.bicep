@@ -110,31 +110,31 @@ var openAiIdParts = openAiIdIsWellFormed ? openAiIdSegments : ['', '', '', '', '
 // filter(): checkov's older pycep-parser reads no other (no map(), no toObject()).
 // Split on every character a name may have, a name leaves only empty pieces (split() takes an array of delimiters).
 var openAiResourceNameCharacters = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k', 'l', 'm', 'n', 'o', 'p', 'q', 'r', 's', 't', 'u', 'v', 'w', 'x', 'y', 'z', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '-']
-var extraOpenAiNames = [for r in azureOpenAiResources: r.name]
-var extraOpenAiGiven = [for r in azureOpenAiResources: {
-  name: r.name
-  auth: r.auth
-  resourceId: contains(r, 'resourceId') ? r.resourceId : ''
-  endpoint: contains(r, 'endpoint') ? r.endpoint : ''
-  apiVersion: contains(r, 'apiVersion') ? r.apiVersion : ''
+var extraOpenAiNames = [for extra in azureOpenAiResources: extra.name]
+var extraOpenAiGiven = [for extra in azureOpenAiResources: {
+  name: extra.name
+  auth: extra.auth
+  resourceId: contains(extra, 'resourceId') ? extra.resourceId : ''
+  endpoint: contains(extra, 'endpoint') ? extra.endpoint : ''
+  apiVersion: contains(extra, 'apiVersion') ? extra.apiVersion : ''
 }]
 // The names the app accepts (shared/settings.py RESOURCE_NAME, not `default`), once each; exactly
 // one of resourceId and endpoint; one of the code's auth modes.
-var badExtraOpenAiNames = filter(extraOpenAiNames, n => (length(n) < 1) || (length(n) > 40) || (n == 'default') || (indexOf(extraOpenAiNames, n) != lastIndexOf(extraOpenAiNames, n)) || !empty(join(split(n, openAiResourceNameCharacters), '')))
-var badExtraOpenAiEntries = filter(extraOpenAiGiven, r => (empty(r.resourceId) == empty(r.endpoint)) || !contains(['api-key', 'entra'], r.auth))
+var badExtraOpenAiNames = filter(extraOpenAiNames, extraName => (length(extraName) < 1) || (length(extraName) > 40) || (extraName == 'default') || (indexOf(extraOpenAiNames, extraName) != lastIndexOf(extraOpenAiNames, extraName)) || !empty(join(split(extraName, openAiResourceNameCharacters), '')))
+var badExtraOpenAiEntries = filter(extraOpenAiGiven, extra => (empty(extra.resourceId) == empty(extra.endpoint)) || !contains(['api-key', 'entra'], extra.auth))
 var extraOpenAiResourcesAreValid = empty(badExtraOpenAiNames) && empty(badExtraOpenAiEntries)
 // An invalid list deploys nothing per resource; the function app module's guard then refuses it.
 var extraOpenAi = extraOpenAiResourcesAreValid ? extraOpenAiGiven : []
 
 // Each extra resource id, checked like azureOpenAiResourceId above before any part is read.
-var extraOpenAiIdSegments = [for r in extraOpenAi: split(r.resourceId, '/')]
+var extraOpenAiIdSegments = [for extra in extraOpenAi: split(extra.resourceId, '/')]
 var extraOpenAiIdIsWellFormed = [for segments in extraOpenAiIdSegments: (length(segments) == 9) ? ((toLower(concat(segments[0], '/', segments[1], '/', segments[3], '/', segments[5], '/', segments[6], '/', segments[7])) == '/subscriptions/resourcegroups/providers/microsoft.cognitiveservices/accounts') && !contains([segments[2], segments[4], segments[8]], '')) : false]
-var extraOpenAiIdParts = [for (segments, i) in extraOpenAiIdSegments: extraOpenAiIdIsWellFormed[i] ? segments : ['', '', '', '', '', '', '', '', '']]
-var extraOpenAiKeyCopies = [for r in extraOpenAi: ((r.auth) == 'api-key') && !empty(r.resourceId)]
-var extraOpenAiRoleGrants = [for r in extraOpenAi: ((r.auth) == 'entra') && !empty(r.resourceId)]
-var extraOpenAiKeyFields = [for r in extraOpenAi: ((r.auth) == 'api-key') ? { key_secret_name: 'azure-openai-api-key-${r.name}' } : {}]
-var extraOpenAiVersionFields = [for r in extraOpenAi: empty(r.apiVersion) ? {} : { api_version: r.apiVersion }]
-var extraOpenAiUsesKey = !empty(filter(extraOpenAi, r => (r.auth) == 'api-key'))
+var extraOpenAiIdParts = [for (segments, index) in extraOpenAiIdSegments: extraOpenAiIdIsWellFormed[index] ? segments : ['', '', '', '', '', '', '', '', '']]
+var extraOpenAiKeyCopies = [for extra in extraOpenAi: ((extra.auth) == 'api-key') && !empty(extra.resourceId)]
+var extraOpenAiRoleGrants = [for extra in extraOpenAi: ((extra.auth) == 'entra') && !empty(extra.resourceId)]
+var extraOpenAiKeyFields = [for extra in extraOpenAi: ((extra.auth) == 'api-key') ? { key_secret_name: 'azure-openai-api-key-${extra.name}' } : {}]
+var extraOpenAiVersionFields = [for extra in extraOpenAi: empty(extra.apiVersion) ? {} : { api_version: extra.apiVersion }]
+var extraOpenAiUsesKey = !empty(filter(extraOpenAi, extra => (extra.auth) == 'api-key'))
 
 // entra mode never reads Key Vault (CONTRACT section 8): the vault exists only when the default
 // resource (there is one when its endpoint or account is given) or an extra one uses an api-key.
@@ -228,25 +228,25 @@ module openAiAccess 'modules/openai-access.bicep' = if (grantOpenAiRole) {
 
 // Per extra resource named by its account: its key1 copied into Key Vault (api-key), or the app's
 // role on the account (entra), with the same modules and guards as the default resource's.
-module extraOpenAiKeys 'modules/openai-key.bicep' = [for (r, i) in extraOpenAi: if(extraOpenAiKeyCopies[i]) {
-  name: 'openai-key-${r.name}'
+module extraOpenAiKeys 'modules/openai-key.bicep' = [for (extra, index) in extraOpenAi: if(extraOpenAiKeyCopies[index]) {
+  name: 'openai-key-${extra.name}'
   scope: rg
   params: {
     keyVaultName: keyVault!.outputs.name
-    secretName: 'azure-openai-api-key-${r.name}'
-    openAiSubscriptionId: extraOpenAiIdParts[i][2]
-    openAiResourceGroupName: extraOpenAiIdParts[i][4]
-    openAiAccountName: extraOpenAiIdParts[i][8]
-    azureOpenAiResourceIdIsWellFormed: extraOpenAiIdIsWellFormed[i]
+    secretName: 'azure-openai-api-key-${extra.name}'
+    openAiSubscriptionId: extraOpenAiIdParts[index][2]
+    openAiResourceGroupName: extraOpenAiIdParts[index][4]
+    openAiAccountName: extraOpenAiIdParts[index][8]
+    azureOpenAiResourceIdIsWellFormed: extraOpenAiIdIsWellFormed[index]
   }
 }]
 
-module extraOpenAiAccess 'modules/openai-access.bicep' = [for (r, i) in extraOpenAi: if(extraOpenAiRoleGrants[i]) {
-  name: 'openai-access-${r.name}'
-  scope: resourceGroup(extraOpenAiIdIsWellFormed[i] ? extraOpenAiIdParts[i][2] : subscription().subscriptionId, extraOpenAiIdIsWellFormed[i] ? extraOpenAiIdParts[i][4] : rg.name)
+module extraOpenAiAccess 'modules/openai-access.bicep' = [for (extra, index) in extraOpenAi: if(extraOpenAiRoleGrants[index]) {
+  name: 'openai-access-${extra.name}'
+  scope: resourceGroup(extraOpenAiIdIsWellFormed[index] ? extraOpenAiIdParts[index][2] : subscription().subscriptionId, extraOpenAiIdIsWellFormed[index] ? extraOpenAiIdParts[index][4] : rg.name)
   params: {
-    azureOpenAiResourceIdIsWellFormed: extraOpenAiIdIsWellFormed[i]
-    openAiAccountName: extraOpenAiIdParts[i][8]
+    azureOpenAiResourceIdIsWellFormed: extraOpenAiIdIsWellFormed[index]
+    openAiAccountName: extraOpenAiIdParts[index][8]
     appPrincipalId: identity.outputs.principalId
   }
 }]
@@ -299,12 +299,12 @@ module api 'modules/functionapp.bicep' = {
     resultsTtlSeconds: resultsTtlSeconds
     azureOpenAiResourcesAreValid: extraOpenAiResourcesAreValid
     // Each entry's value is what the app reads for it (shared/settings.py _named_resources).
-    azureOpenAiResources: [for (r, i) in extraOpenAi: {
-      name: r.name
+    azureOpenAiResources: [for (extra, index) in extraOpenAi: {
+      name: extra.name
       value: union({
-        endpoint: empty(r.endpoint) ? (extraOpenAiKeyCopies[i] ? extraOpenAiKeys[i]!.outputs.endpoint : extraOpenAiAccess[i]!.outputs.endpoint) : r.endpoint
-        auth: r.auth
-      }, extraOpenAiKeyFields[i], extraOpenAiVersionFields[i])
+        endpoint: empty(extra.endpoint) ? (extraOpenAiKeyCopies[index] ? extraOpenAiKeys[index]!.outputs.endpoint : extraOpenAiAccess[index]!.outputs.endpoint) : extra.endpoint
+        auth: extra.auth
+      }, extraOpenAiKeyFields[index], extraOpenAiVersionFields[index])
     }]
   }
   // The host starts with identity-based storage: its roles must exist before it does.
@@ -326,7 +326,7 @@ output AZURE_KEY_VAULT_NAME string = useKeyVault ? keyVault!.outputs.name : ''
 output AZURE_KEY_VAULT_URL string = useKeyVault ? keyVault!.outputs.uri : ''
 output AZURE_OPENAI_KEY_SECRET_NAME string = azureOpenAiKeySecretName
 output AZURE_OPENAI_KEY_SOURCE string = keySource
-output AZURE_OPENAI_RESOURCE_NAMES array = [for r in extraOpenAi: r.name]
+output AZURE_OPENAI_RESOURCE_NAMES array = [for extra in extraOpenAi: extra.name]
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output CANCEL_REQUESTS_QUEUE string = cancelRequestsQueue
 output CANCEL_RESULTS_QUEUE string = cancelResultsQueue

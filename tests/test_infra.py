@@ -100,6 +100,7 @@ NOT_APP_SETTINGS = {
     "REQUESTS_CA_BUNDLE",  # local emulators' TLS only
     "CURL_CA_BUNDLE",  # requests' fallback name for the same
     "SSL_CERT_FILE",
+    "WEBSITE_AUTH_ENABLED",  # set by App Service when its Authentication is on, never by us
 }
 
 # The Flex rules: what Flex Consumption refuses or ignores, each with the source that says so.
@@ -368,6 +369,28 @@ DEPLOYMENTS = [
 ]
 
 
+# Extra resources (azureOpenAiResources, AZURE_OPENAI_RESOURCES): one of each kind.
+def account_id(name: str, group: str = "rg-openai") -> str:
+    return OPENAI_ACCOUNT_ID.replace("rg-openai", group).replace("aoai-example", name)
+
+
+EXTRA_RESOURCES = [
+    {"name": "sweden", "resourceId": account_id("aoai-sweden", "rg-sweden"), "auth": "entra"},
+    {"name": "ncus", "resourceId": account_id("aoai-ncus"), "auth": "api-key", "apiVersion": "v1"},
+    {"name": "west-2", "endpoint": "https://aoai-west.openai.azure.com/", "auth": "api-key"},
+    {"name": "east", "endpoint": "https://aoai-east.openai.azure.com/", "auth": "entra"},
+]
+KEYLESS_EXTRAS = [r for r in EXTRA_RESOURCES if r["auth"] == "entra"]
+DEFAULT_ENDPOINT = {"azureOpenAiEndpoint": "https://aoai-example.openai.azure.com/"}
+EXTRA_DEPLOYMENTS = [
+    Deployment("api-key default + extras", {**DEFAULT_ENDPOINT, "azureOpenAiResources": EXTRA_RESOURCES}),
+    Deployment("entra default + extras", {"azureOpenAiAuth": "entra", "azureOpenAiResourceId": OPENAI_ACCOUNT_ID, "azureOpenAiResources": EXTRA_RESOURCES}),
+    Deployment("entra default + keyless extras", {"azureOpenAiAuth": "entra", **DEFAULT_ENDPOINT, "azureOpenAiResources": KEYLESS_EXTRAS}),
+    Deployment("extras only", {"azureOpenAiResources": EXTRA_RESOURCES}),
+    Deployment("keyless extras only", {"azureOpenAiResources": KEYLESS_EXTRAS}),
+]
+
+
 def auth_mode(deployment: Deployment) -> str:
     return deployment.params.get("azureOpenAiAuth", parsed(MAIN)["parameters"]["azureOpenAiAuth"]["default"])
 
@@ -528,7 +551,7 @@ def evaluate(value: Any, scope: Scope) -> Any:
         arguments = [evaluate(argument, scope) for argument in function["parameters"].values()]
         if function["type"] == "string" and not isinstance(arguments[0], Unknown):
             return bicep_string(arguments[0])  # an object holding module outputs: each written as its URL
-        if function["type"] in STRING_FUNCTIONS and not any(contains_unknown(a) for a in arguments):
+        if function["type"] in STRING_FUNCTIONS and not any(isinstance(a, Unknown) for a in arguments):
             return STRING_FUNCTIONS[function["type"]](*arguments)
         return Unknown(json.dumps(value))
     if isinstance(value, dict) and "operator" in value:
@@ -664,6 +687,7 @@ def settings_read_by_code() -> set[str]:
     module = code_settings_module()
     if module is not None:
         names |= set(getattr(module, "SETTING_NAMES", ()))
+        names |= set(getattr(module, "OPTIONAL_SETTINGS", ()))
         names |= set(getattr(module, "SETTING_DEFAULTS", {}))
         names |= set(getattr(module, "SDK_ENVIRONMENT", ()))
     if CONTRACT.exists():
@@ -1025,7 +1049,7 @@ def test_each_mode_deploys_the_vault_and_the_key_only_for_api_key(deployment: De
         assert (outputs[name] == "") == (not api_key), f"{name}: {outputs[name]!r}"
 
 
-@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d.name)
+@pytest.mark.parametrize("deployment", DEPLOYMENTS + EXTRA_DEPLOYMENTS, ids=lambda d: d.name)
 def test_nothing_reads_a_module_that_does_not_deploy(deployment: Deployment) -> None:
     """ARM fails a deployment that reads the outputs of a module it skipped; each mode reads only its own."""
     scope = main_scope(deployment)
@@ -1192,6 +1216,8 @@ def test_parameters_file_uses_azd_substitutions() -> None:
     main_params = parsed(MAIN)["parameters"]
     assert set(values) <= set(main_params), f"parameters main.bicep lacks: {set(values) - set(main_params)}"
     assert "azureOpenAiApiKey" not in values, "keep the api-key out of azd's plain-text .env"
+    # An array parameter from a JSON env var: azd parses the substituted string (Azure/azure-dev#6694).
+    assert values["azureOpenAiResources"] == "${AZURE_OPENAI_RESOURCES=[]}"
 
 
 def test_azure_yaml_declares_the_python_function_service() -> None:
@@ -1235,10 +1261,10 @@ def test_conditional_resources_and_modules_are_read_with_the_non_null_assertion(
         # Comments out (a `//` after a space or at the start; `https://` stays).
         code = "\n".join(re.sub(r"(^|\s)//.*$", "", line) for line in path.read_text(encoding="utf-8").splitlines())
         for name in conditional_names(path):
-            bare = re.findall(rf"\b{name}\.(?:outputs|properties|list\w*\(|id\b|name\b)", code)
+            bare = re.findall(rf"\b{name}(?:\[[^\]]*\])?\.(?:outputs|properties|list\w*\(|id\b|name\b)", code)
             assert not bare, f"{path.name}: {name} is conditional; read it as {name}!.{bare[0].split('.', 1)[1]}"
-            asserted += len(re.findall(rf"\b{name}!\.", code))
-    assert asserted >= 3, "expected the openAiKey module and the openAi account to be read with `!`"
+            asserted += len(re.findall(rf"\b{name}(?:\[[^\]]*\])?!\.", code))
+    assert asserted >= 5, "expected the openAiKey modules, the openAiAccess loop and the openAi account read with `!`"
 
 
 def test_openai_resource_id_shape_is_checked_before_its_parts_are_read() -> None:
@@ -1548,3 +1574,163 @@ def test_schema_check_catches_a_typo_in_another_package(tmp_path: Path) -> None:
     queue_service = "resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {\n  parent: storage\n"
     storage = schema_errors_of_copy(tmp_path, STORAGE_MODULE, [(queue_service, queue_service + "  location: location\n")])
     assert storage == ["location: no such property"]
+
+
+# --- extra resources: azureOpenAiResources -> AZURE_OPENAI_RESOURCES -------------------------
+
+
+def extras_of(deployment: Deployment) -> list[dict[str, Any]]:
+    return deployment.params.get("azureOpenAiResources", [])
+
+
+def instances_of(deployment: Deployment, module_file: Path) -> dict[str, ModuleInstance]:
+    """The loop's instances that deploy, by the extra resource's name."""
+    symbol, _ = main_module_loop(module_file)
+    extras = extras_of(deployment)
+    return {
+        extras[instance.index]["name"]: instance
+        for instance in module_instances(deployment)
+        if instance.symbol == symbol and instance.deploys
+    }
+
+
+@pytest.mark.parametrize("deployment", EXTRA_DEPLOYMENTS, ids=lambda d: d.name)
+def test_extra_resources_setting_is_what_the_code_accepts(deployment: Deployment) -> None:
+    """The template's AZURE_OPENAI_RESOURCES, read by shared.settings: each resource, its endpoint, auth, key and version."""
+    from shared.settings import DEFAULT_RESOURCE, Settings
+
+    values = app_settings_of(deployment)
+    raw = values["AZURE_OPENAI_RESOURCES"]
+    assert isinstance(raw, str) and json.loads(raw), raw
+    settings = Settings.from_environ({name: sample_value(value) for name, value in values.items()})
+    has_default = "azureOpenAiEndpoint" in deployment.params or "azureOpenAiResourceId" in deployment.params
+    extras = extras_of(deployment)
+    assert set(settings.resources) == {r["name"] for r in extras} | ({DEFAULT_RESOURCE} if has_default else set())
+    for extra in extras:
+        resource = settings.resources[extra["name"]]
+        assert resource.auth == extra["auth"]
+        assert resource.api_version == extra.get("apiVersion", settings.api_version)
+        if "endpoint" in extra:
+            assert resource.endpoint == extra["endpoint"].rstrip("/")
+        else:  # the account's custom subdomain, from the module that read the account
+            module = "extraOpenAiKeys" if extra["auth"] == "api-key" else "extraOpenAiAccess"
+            index = extras.index(extra)
+            assert resource.endpoint == Unknown(f"{module}[{index}].outputs.endpoint").as_url().rstrip("/")
+        if extra["auth"] == "api-key":
+            assert resource.key_secret_name == f"azure-openai-api-key-{extra['name']}"
+    # Key Vault is there, and named to the app, exactly when some resource uses an api-key.
+    uses_key = any(r.auth == "api-key" for r in settings.resources.values())
+    assert module_deploys(INFRA / "modules" / "keyvault.bicep", deployment) == uses_key
+    assert (settings.key_vault_url is not None) == uses_key
+    assert (values["KEY_VAULT_URL"] == "") == (not uses_key)
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d.name)
+def test_no_extra_resources_leaves_the_setting_empty(deployment: Deployment) -> None:
+    """An empty list (the default): AZURE_OPENAI_RESOURCES is "", which the app reads as unset; nothing per resource."""
+    from shared.settings import DEFAULT_RESOURCE, Settings
+
+    values = app_settings_of(deployment)
+    assert values["AZURE_OPENAI_RESOURCES"] == ""
+    assert set(Settings.from_environ({n: sample_value(v) for n, v in values.items()}).resources) == {DEFAULT_RESOURCE}
+    assert not instances_of(deployment, INFRA / "modules" / "openai-key.bicep")
+    assert not instances_of(deployment, OPENAI_ACCESS_MODULE)
+
+
+@pytest.mark.parametrize("deployment", EXTRA_DEPLOYMENTS, ids=lambda d: d.name)
+def test_each_extra_resource_gets_its_key_copy_or_its_role(deployment: Deployment) -> None:
+    """api-key with an account: key1 into Key Vault as azure-openai-api-key-<name>. entra with an account:
+    Cognitive Services OpenAI Contributor for the app's identity on that account. An endpoint: neither."""
+    extras = extras_of(deployment)
+    keyed = {r["name"]: r for r in extras if r["auth"] == "api-key" and "resourceId" in r}
+    keyless = {r["name"]: r for r in extras if r["auth"] == "entra" and "resourceId" in r}
+
+    copies = instances_of(deployment, INFRA / "modules" / "openai-key.bicep")
+    assert set(copies) == set(keyed)
+    for name, instance in copies.items():
+        params = {param: evaluate(value, instance.main) for param, value in instance.body["params"].items()}
+        _, _, subscription, _, group, *_, account = keyed[name]["resourceId"].split("/")
+        assert params["secretName"] == f"azure-openai-api-key-{name}"
+        assert (params["openAiSubscriptionId"], params["openAiResourceGroupName"], params["openAiAccountName"]) == (
+            subscription, group, account
+        )
+        assert params["azureOpenAiResourceIdIsWellFormed"] is True
+        assert params["keyVaultName"].text == "keyVault.outputs.name"
+        assert evaluate(instance.body["name"], instance.main) == f"openai-key-{name}"
+
+    grants = [(instance, principal, role) for instance, principal, role in deployed_role_assignments(deployment)
+              if instance.symbol == main_module_loop(OPENAI_ACCESS_MODULE)[0]]
+    assert {extras[instance.index]["name"] for instance, _, _ in grants} == set(keyless)
+    for instance, principal, role in grants:
+        extra = extras[instance.index]
+        _, _, subscription, _, group, *_, account = extra["resourceId"].split("/")
+        assert (principal, role) == ("appPrincipalId", APP_OPENAI_ROLE)
+        where = instance.body["scope"]["function"]
+        assert where["type"] == "resource_group"
+        where_values = {name: evaluate(arg, instance.main) for name, arg in where["parameters"].items()}
+        assert where_values == {"subscription_id": subscription, "resource_group_name": group}
+        assert evaluate(instance.body["params"]["openAiAccountName"], instance.main) == account
+        assert accessor_path(instance.body["params"]["appPrincipalId"]) == "identity.outputs.principalId"
+    # Least privilege still: one more principal never appears, no role beyond the known ones.
+    assert deployed_roles(deployment) <= {("appPrincipalId", r) for r in APP_ROLES | {APP_KEY_ROLE, APP_OPENAI_ROLE}}
+
+
+def validity(resources: list[dict[str, Any]]) -> tuple[bool, int]:
+    """(main.bicep's verdict on the list, how many per-resource modules would deploy)."""
+    deployment = Deployment("check", {**DEFAULT_ENDPOINT, "azureOpenAiResources": resources})
+    valid = evaluate("extraOpenAiResourcesAreValid", main_scope(deployment))
+    deployed = len(instances_of(deployment, INFRA / "modules" / "openai-key.bicep")) + len(
+        instances_of(deployment, OPENAI_ACCESS_MODULE)
+    )
+    assert evaluate(module_call(FUNCTION_APP_MODULE)["azureOpenAiResourcesAreValid"], main_scope(deployment)) is valid
+    return valid, deployed
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["sweden", "a", "x" * 40, "ncus-2", "0", "-", "x" * 41, "", "Sweden", "north_us", "north.us", "naïve", "default", "a b"],
+)
+def test_extra_resource_names_are_the_ones_the_app_accepts(name: str) -> None:
+    """main.bicep refuses exactly the names shared.settings refuses (RESOURCE_NAME, and `default`)."""
+    from shared.settings import DEFAULT_RESOURCE, RESOURCE_NAME
+
+    app_accepts = bool(RESOURCE_NAME.fullmatch(name)) and name != DEFAULT_RESOURCE
+    valid, deployed = validity([{"name": name, "resourceId": account_id("aoai-one"), "auth": "entra"}])
+    assert valid is app_accepts
+    assert deployed == (1 if app_accepts else 0)
+
+
+@pytest.mark.parametrize(
+    ("resources", "problem"),
+    [
+        ([EXTRA_RESOURCES[0], {**EXTRA_RESOURCES[2], "name": "sweden"}], "a name used twice"),
+        ([{"name": "both", "resourceId": account_id("a"), "endpoint": "https://a.openai.azure.com/", "auth": "entra"}], "both"),
+        ([{"name": "neither", "auth": "entra"}], "neither resourceId nor endpoint"),
+        ([{"name": "bad-auth", "endpoint": "https://a.openai.azure.com/", "auth": "key"}], "an unknown auth"),
+    ],
+)
+def test_a_bad_extra_resource_list_deploys_nothing_per_resource_and_is_refused(resources: list[dict[str, Any]], problem: str) -> None:
+    """The function app module's azureOpenAiResourcesAreValid (@allowed([true])) refuses it; no key or role was made."""
+    assert validity(resources) == (False, 0), problem
+    guard = parsed(FUNCTION_APP_MODULE)["parameters"]["azureOpenAiResourcesAreValid"]
+    assert {"type": "allowed", "argument": [True]} in guard["decorators"], guard["decorators"]
+    assert validity(EXTRA_RESOURCES) == (True, 2)
+
+
+@pytest.mark.parametrize("auth", ["api-key", "entra"])
+def test_a_malformed_extra_resource_id_is_refused_by_the_guard_not_by_an_empty_scope(auth: str) -> None:
+    """Like the default resource's: the module's azureOpenAiResourceIdIsWellFormed is false, its scope has no empty part."""
+    bad = OPENAI_ACCOUNT_ID.replace("/accounts/", "/account/")
+    deployment = Deployment("malformed", {**DEFAULT_ENDPOINT, "azureOpenAiResources": [{"name": "bad", "resourceId": bad, "auth": auth}]})
+    module_file = INFRA / "modules" / ("openai-key.bicep" if auth == "api-key" else "openai-access.bicep")
+    (instance,) = instances_of(deployment, module_file).values()
+    assert evaluate(instance.body["params"]["azureOpenAiResourceIdIsWellFormed"], instance.main) is False
+    if auth == "entra":
+        parts = [evaluate(arg, instance.main) for arg in instance.body["scope"]["function"]["parameters"].values()]
+        assert all(isinstance(part, Unknown) for part in parts), parts  # our own subscription and group
+
+
+def test_the_outputs_name_the_extra_resources() -> None:
+    deployment = EXTRA_DEPLOYMENTS[0]
+    names = evaluate(parsed(MAIN)["outputs"]["AZURE_OPENAI_RESOURCE_NAMES"]["value"], main_scope(deployment))
+    assert names == [r["name"] for r in EXTRA_RESOURCES]

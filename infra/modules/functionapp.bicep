@@ -82,7 +82,7 @@ param azureOpenAiResources array = []
 // CONTRACT section 8: a JSON object of named resources; '' (none) is what the app reads as unset.
 // Written member by member (checkov's pycep-parser cannot read toObject()); a name is only
 // a-z, 0-9 and - (main.bicep refuses any other), so it needs no JSON escaping.
-var azureOpenAiResourcesMembers = [for r in azureOpenAiResources: concat('"', r.name, '":', string(r.value))]
+var azureOpenAiResourcesMembers = [for entry in azureOpenAiResources: concat('"', entry.name, '":', string(entry.value))]
 var azureOpenAiResourcesSetting = empty(azureOpenAiResources) ? '' : concat('{', join(azureOpenAiResourcesMembers, ','), '}')
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
