@@ -1,6 +1,7 @@
 // `azd up` entry point: one resource group with a Flex Consumption function app that cancels
-// Azure OpenAI fine-tuning jobs, its storage and queues, a Key Vault for the api-key (api-key mode
-// only), monitoring, a user-assigned identity and least-privilege role assignments.
+// Azure OpenAI fine-tuning jobs on a default resource and any listed in azureOpenAiResources, its
+// storage and queues, a Key Vault for the api-keys (only when a resource uses one), monitoring, a
+// user-assigned identity and least-privilege role assignments.
 targetScope = 'subscription'
 
 @minLength(1)
@@ -46,6 +47,12 @@ param azureOpenAiApiVersion string = '2024-10-21'
 
 @description('Name of the Key Vault secret holding the api-key.')
 param azureOpenAiKeySecretName string = 'azure-openai-api-key'
+
+// The code's AZURE_OPENAI_RESOURCES (CONTRACT section 8), built from this list. Bicep cannot
+// decorate array items without a user-defined type, which pycep-parser (checkov's parser) cannot
+// read with decorators, so the items are checked below and refused through a guard parameter.
+@description('More Azure OpenAI resources the app may cancel jobs on, beside the default one: a JSON array of {"name": "<1 to 40 of a-z, 0-9, ->", "resourceId": "/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.CognitiveServices/accounts/<name>" or "endpoint": "https://<resource>.openai.azure.com/", "auth": "api-key" or "entra", "apiVersion" (optional, default azureOpenAiApiVersion)}. With resourceId, api-key copies key1 into Key Vault as azure-openai-api-key-<name> and entra gives the app\'s identity its role on the account; with endpoint, api-key needs that secret set by hand. The name default is the default resource\'s.')
+param azureOpenAiResources array = []
 
 @description('Key Vault purge protection (irreversible). Turn off only for throwaway environments.')
 param keyVaultEnablePurgeProtection bool = true
@@ -97,10 +104,45 @@ var openAiIdNamesAreSet = openAiIdHasNineSegments ? !contains([openAiIdSegments[
 var openAiIdIsWellFormed = openAiIdPrefixIsRight && openAiIdNamesAnAccount && openAiIdNamesAreSet
 var openAiIdParts = openAiIdIsWellFormed ? openAiIdSegments : ['', '', '', '', '', '', '', '', '']
 
-// entra mode never reads Key Vault (CONTRACT section 8): no vault, no key copied, KEY_VAULT_URL empty.
-var useKeyVault = azureOpenAiAuth == 'api-key'
-var keySource = useKeyVault ? (useOpenAiAccount ? 'account' : (empty(azureOpenAiApiKey) ? 'none' : 'parameter')) : 'none'
-var grantOpenAiRole = useOpenAiAccount && azureOpenAiAuth == 'entra'
+// The extra resources, each with every field (resourceId and endpoint '' when not given). Operands
+// that are property reads or comparisons are parenthesised: pycep-parser, which tests/test_infra.py
+// reads the templates with, otherwise reads `r.a == b` as `r.(a == b)`. The only lambda is
+// filter(): checkov's older pycep-parser reads no other (no map(), no toObject()).
+// Split on every character a name may have, a name leaves only empty pieces (split() takes an array of delimiters).
+var openAiResourceNameCharacters = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k', 'l', 'm', 'n', 'o', 'p', 'q', 'r', 's', 't', 'u', 'v', 'w', 'x', 'y', 'z', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '-']
+var extraOpenAiNames = [for extra in azureOpenAiResources: extra.name]
+var extraOpenAiGiven = [for extra in azureOpenAiResources: {
+  name: extra.name
+  auth: extra.auth
+  resourceId: contains(extra, 'resourceId') ? extra.resourceId : ''
+  endpoint: contains(extra, 'endpoint') ? extra.endpoint : ''
+  apiVersion: contains(extra, 'apiVersion') ? extra.apiVersion : ''
+}]
+// The names the app accepts (shared/settings.py RESOURCE_NAME, not `default`), once each; exactly
+// one of resourceId and endpoint; one of the code's auth modes.
+var badExtraOpenAiNames = filter(extraOpenAiNames, extraName => (length(extraName) < 1) || (length(extraName) > 40) || (extraName == 'default') || (indexOf(extraOpenAiNames, extraName) != lastIndexOf(extraOpenAiNames, extraName)) || !empty(join(split(extraName, openAiResourceNameCharacters), '')))
+var badExtraOpenAiEntries = filter(extraOpenAiGiven, extra => (empty(extra.resourceId) == empty(extra.endpoint)) || !contains(['api-key', 'entra'], extra.auth))
+var extraOpenAiResourcesAreValid = empty(badExtraOpenAiNames) && empty(badExtraOpenAiEntries)
+// An invalid list deploys nothing per resource; the function app module's guard then refuses it.
+var extraOpenAi = extraOpenAiResourcesAreValid ? extraOpenAiGiven : []
+
+// Each extra resource id, checked like azureOpenAiResourceId above before any part is read.
+var extraOpenAiIdSegments = [for extra in extraOpenAi: split(extra.resourceId, '/')]
+var extraOpenAiIdIsWellFormed = [for segments in extraOpenAiIdSegments: (length(segments) == 9) ? ((toLower(concat(segments[0], '/', segments[1], '/', segments[3], '/', segments[5], '/', segments[6], '/', segments[7])) == '/subscriptions/resourcegroups/providers/microsoft.cognitiveservices/accounts') && !contains([segments[2], segments[4], segments[8]], '')) : false]
+var extraOpenAiIdParts = [for (segments, index) in extraOpenAiIdSegments: extraOpenAiIdIsWellFormed[index] ? segments : ['', '', '', '', '', '', '', '', '']]
+var extraOpenAiKeyCopies = [for extra in extraOpenAi: ((extra.auth) == 'api-key') && !empty(extra.resourceId)]
+var extraOpenAiRoleGrants = [for extra in extraOpenAi: ((extra.auth) == 'entra') && !empty(extra.resourceId)]
+var extraOpenAiKeyFields = [for extra in extraOpenAi: ((extra.auth) == 'api-key') ? { key_secret_name: 'azure-openai-api-key-${extra.name}' } : {}]
+var extraOpenAiVersionFields = [for extra in extraOpenAi: empty(extra.apiVersion) ? {} : { api_version: extra.apiVersion }]
+var extraOpenAiUsesKey = !empty(filter(extraOpenAi, extra => (extra.auth) == 'api-key'))
+
+// entra mode never reads Key Vault (CONTRACT section 8): the vault exists only when the default
+// resource (there is one when its endpoint or account is given) or an extra one uses an api-key.
+var hasDefaultResource = useOpenAiAccount || !empty(azureOpenAiEndpoint)
+var defaultUsesKey = hasDefaultResource && (azureOpenAiAuth == 'api-key')
+var useKeyVault = defaultUsesKey || extraOpenAiUsesKey
+var keySource = defaultUsesKey ? (useOpenAiAccount ? 'account' : (empty(azureOpenAiApiKey) ? 'none' : 'parameter')) : 'none'
+var grantOpenAiRole = useOpenAiAccount && (azureOpenAiAuth == 'entra')
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-11-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
@@ -184,7 +226,32 @@ module openAiAccess 'modules/openai-access.bicep' = if (grantOpenAiRole) {
   }
 }
 
-var openAiAccountEndpoint = useKeyVault ? openAiKey!.outputs.endpoint : openAiAccess!.outputs.endpoint
+// Per extra resource named by its account: its key1 copied into Key Vault (api-key), or the app's
+// role on the account (entra), with the same modules and guards as the default resource's.
+module extraOpenAiKeys 'modules/openai-key.bicep' = [for (extra, index) in extraOpenAi: if(extraOpenAiKeyCopies[index]) {
+  name: 'openai-key-${extra.name}'
+  scope: rg
+  params: {
+    keyVaultName: keyVault!.outputs.name
+    secretName: 'azure-openai-api-key-${extra.name}'
+    openAiSubscriptionId: extraOpenAiIdParts[index][2]
+    openAiResourceGroupName: extraOpenAiIdParts[index][4]
+    openAiAccountName: extraOpenAiIdParts[index][8]
+    azureOpenAiResourceIdIsWellFormed: extraOpenAiIdIsWellFormed[index]
+  }
+}]
+
+module extraOpenAiAccess 'modules/openai-access.bicep' = [for (extra, index) in extraOpenAi: if(extraOpenAiRoleGrants[index]) {
+  name: 'openai-access-${extra.name}'
+  scope: resourceGroup(extraOpenAiIdIsWellFormed[index] ? extraOpenAiIdParts[index][2] : subscription().subscriptionId, extraOpenAiIdIsWellFormed[index] ? extraOpenAiIdParts[index][4] : rg.name)
+  params: {
+    azureOpenAiResourceIdIsWellFormed: extraOpenAiIdIsWellFormed[index]
+    openAiAccountName: extraOpenAiIdParts[index][8]
+    appPrincipalId: identity.outputs.principalId
+  }
+}]
+
+var openAiAccountEndpoint = (azureOpenAiAuth == 'api-key') ? openAiKey!.outputs.endpoint : openAiAccess!.outputs.endpoint
 var openAiEndpoint = empty(azureOpenAiEndpoint) ? (useOpenAiAccount ? openAiAccountEndpoint : '') : azureOpenAiEndpoint
 
 module rbac 'modules/rbac.bicep' = {
@@ -230,6 +297,15 @@ module api 'modules/functionapp.bicep' = {
     upstreamMaxRetries: upstreamMaxRetries
     upstreamDeadlineSeconds: upstreamDeadlineSeconds
     resultsTtlSeconds: resultsTtlSeconds
+    azureOpenAiResourcesAreValid: extraOpenAiResourcesAreValid
+    // Each entry's value is what the app reads for it (shared/settings.py _named_resources).
+    azureOpenAiResources: [for (extra, index) in extraOpenAi: {
+      name: extra.name
+      value: union({
+        endpoint: empty(extra.endpoint) ? (extraOpenAiKeyCopies[index] ? extraOpenAiKeys[index]!.outputs.endpoint : extraOpenAiAccess[index]!.outputs.endpoint) : extra.endpoint
+        auth: extra.auth
+      }, extraOpenAiKeyFields[index], extraOpenAiVersionFields[index])
+    }]
   }
   // The host starts with identity-based storage: its roles must exist before it does.
   dependsOn: [
@@ -250,6 +326,7 @@ output AZURE_KEY_VAULT_NAME string = useKeyVault ? keyVault!.outputs.name : ''
 output AZURE_KEY_VAULT_URL string = useKeyVault ? keyVault!.outputs.uri : ''
 output AZURE_OPENAI_KEY_SECRET_NAME string = azureOpenAiKeySecretName
 output AZURE_OPENAI_KEY_SOURCE string = keySource
+output AZURE_OPENAI_RESOURCE_NAMES array = [for extra in extraOpenAi: extra.name]
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output CANCEL_REQUESTS_QUEUE string = cancelRequestsQueue
 output CANCEL_RESULTS_QUEUE string = cancelResultsQueue

@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,7 @@ NOT_APP_SETTINGS = {
     "REQUESTS_CA_BUNDLE",  # local emulators' TLS only
     "CURL_CA_BUNDLE",  # requests' fallback name for the same
     "SSL_CERT_FILE",
+    "WEBSITE_AUTH_ENABLED",  # set by App Service when its Authentication is on, never by us
 }
 
 # The Flex rules: what Flex Consumption refuses or ignores, each with the source that says so.
@@ -145,6 +146,7 @@ FLEX_REFUSED_SITE_PROPERTIES = {
 GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 ROLE_VAR_LINE = re.compile(rf"^\s*var\s+(\w+)\s*=\s*'({GUID.pattern})'\s*//\s*(.+?)\s*$")
 INTERPOLATION = re.compile(r"\$\{(\w+)\}")
+MEMBER_INTERPOLATION = re.compile(r"\$\{(\w+)(?:\.(\w+))?\}")
 
 
 # --- reading the templates -------------------------------------------------------------------
@@ -181,15 +183,31 @@ def resources_of_type(path: Path, resource_type: str) -> dict[str, dict[str, Any
     }
 
 
-def main_module(module_file: Path) -> dict[str, Any]:
-    """main.bicep's declaration of the module in `module_file`."""
-    modules = [
-        module
-        for module in parsed(MAIN)["modules"].values()
+def is_loop(declaration: dict[str, Any]) -> bool:
+    return "loop_type" in declaration["config"]
+
+
+def main_declarations(module_file: Path) -> dict[str, dict[str, Any]]:
+    """symbol -> main.bicep's declarations of the module in `module_file`, loops included."""
+    return {
+        symbol: module
+        for symbol, module in parsed(MAIN)["modules"].items()
         if (INFRA / module["detail"]["path"]).resolve() == module_file.resolve()
-    ]
-    assert len(modules) == 1, f"main.bicep should call {module_file.name} exactly once, found {len(modules)}"
+    }
+
+
+def main_module(module_file: Path) -> dict[str, Any]:
+    """main.bicep's one declaration of the module in `module_file` outside a loop (the default resource's)."""
+    modules = [module for module in main_declarations(module_file).values() if not is_loop(module)]
+    assert len(modules) == 1, f"main.bicep should call {module_file.name} once outside a loop, found {len(modules)}"
     return modules[0]
+
+
+def main_module_loop(module_file: Path) -> tuple[str, dict[str, Any]]:
+    """main.bicep's one `[for ...]` of the module in `module_file` (one instance per extra resource)."""
+    loops = [(symbol, module) for symbol, module in main_declarations(module_file).items() if is_loop(module)]
+    assert len(loops) == 1, f"main.bicep should loop over {module_file.name} once, found {len(loops)}"
+    return loops[0]
 
 
 def module_call(module_file: Path) -> dict[str, Any]:
@@ -276,13 +294,45 @@ OPERATOR_PRECEDENCE = {
 }
 
 
-# The Bicep functions main.bicep reads the account id with, by pycep's names.
+def bicep_union(*values: Any) -> Any:
+    """Bicep's union(): objects merge (later wins), arrays join without repeats."""
+    if all(isinstance(v, dict) for v in values):
+        return {key: item for value in values for key, item in value.items()}
+    assert all(isinstance(v, list) for v in values), f"union of {values!r}"
+    return list(dict.fromkeys(item for value in values for item in value))
+
+
+def bicep_string(value: Any) -> str:
+    """ARM's string(): JSON for an object or array (a module output stands for a URL of its own)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), default=lambda item: item.as_url())
+
+
+# The Bicep functions main.bicep reads the account ids and the extra resources with, by pycep's names.
 STRING_FUNCTIONS = {
-    "split": lambda text, delimiter: text.split(delimiter),
+    "split": lambda text, delimiters: re.split("|".join(map(re.escape, [delimiters] if isinstance(delimiters, str) else delimiters)), text),
+    "join": lambda items, separator: separator.join(items),
     "length": len,
     "to_lower": str.lower,
     "concat": lambda *parts: "".join(parts),
     "contains": lambda container, item: item in container,
+    "range": lambda start, count: list(range(start, start + count)),
+    "substring": lambda text, start, length: text[start : start + length],
+    "index_of": lambda items, item: items.index(item) if item in items else -1,
+    "last_index_of": lambda items, item: len(items) - 1 - items[::-1].index(item) if item in items else -1,
+    "union": bicep_union,
+    "string": bicep_string,
+}
+
+
+COMPARISONS = {
+    "and": lambda left, right: left and right,
+    "or": lambda left, right: left or right,
+    "equals": lambda left, right: left == right,
+    "not_equals": lambda left, right: left != right,
+    "less_than": lambda left, right: left < right,
+    "greater_than": lambda left, right: left > right,
 }
 
 
@@ -294,6 +344,10 @@ class Unknown:
 
     def __repr__(self) -> str:
         return f"<{self.text}>"
+
+    def as_url(self) -> str:
+        """A URL standing for this value (the module outputs read are endpoints and the vault's URI)."""
+        return "https://" + re.sub(r"[^a-z0-9]+", "-", self.text.lower()).strip("-") + ".example.test/"
 
 
 @dataclass(frozen=True)
@@ -315,6 +369,28 @@ DEPLOYMENTS = [
 ]
 
 
+# Extra resources (azureOpenAiResources, AZURE_OPENAI_RESOURCES): one of each kind.
+def account_id(name: str, group: str = "rg-openai") -> str:
+    return OPENAI_ACCOUNT_ID.replace("rg-openai", group).replace("aoai-example", name)
+
+
+EXTRA_RESOURCES = [
+    {"name": "sweden", "resourceId": account_id("aoai-sweden", "rg-sweden"), "auth": "entra"},
+    {"name": "ncus", "resourceId": account_id("aoai-ncus"), "auth": "api-key", "apiVersion": "v1"},
+    {"name": "west-2", "endpoint": "https://aoai-west.openai.azure.com/", "auth": "api-key"},
+    {"name": "east", "endpoint": "https://aoai-east.openai.azure.com/", "auth": "entra"},
+]
+KEYLESS_EXTRAS = [r for r in EXTRA_RESOURCES if r["auth"] == "entra"]
+DEFAULT_ENDPOINT = {"azureOpenAiEndpoint": "https://aoai-example.openai.azure.com/"}
+EXTRA_DEPLOYMENTS = [
+    Deployment("api-key default + extras", {**DEFAULT_ENDPOINT, "azureOpenAiResources": EXTRA_RESOURCES}),
+    Deployment("entra default + extras", {"azureOpenAiAuth": "entra", "azureOpenAiResourceId": OPENAI_ACCOUNT_ID, "azureOpenAiResources": EXTRA_RESOURCES}),
+    Deployment("entra default + keyless extras", {"azureOpenAiAuth": "entra", **DEFAULT_ENDPOINT, "azureOpenAiResources": KEYLESS_EXTRAS}),
+    Deployment("extras only", {"azureOpenAiResources": EXTRA_RESOURCES}),
+    Deployment("keyless extras only", {"azureOpenAiResources": KEYLESS_EXTRAS}),
+]
+
+
 def auth_mode(deployment: Deployment) -> str:
     return deployment.params.get("azureOpenAiAuth", parsed(MAIN)["parameters"]["azureOpenAiAuth"]["default"])
 
@@ -326,9 +402,14 @@ class Scope:
     template: Path
     deployment: Deployment
     caller: dict[str, Any] | None = None  # the params main.bicep passes, as expressions of main.bicep
+    names: dict[str, Any] = field(default_factory=dict)  # loop and lambda variables, by name
+    caller_names: dict[str, Any] = field(default_factory=dict)  # the caller's, for a module in a loop
 
     def parent(self) -> Scope:
-        return Scope(MAIN, self.deployment)
+        return Scope(MAIN, self.deployment, names=self.caller_names)
+
+    def binding(self, **names: Any) -> Scope:
+        return Scope(self.template, self.deployment, self.caller, {**self.names, **names}, self.caller_names)
 
 
 def main_scope(deployment: Deployment) -> Scope:
@@ -342,11 +423,14 @@ def module_scope(module_file: Path, deployment: Deployment) -> Scope:
 def precedence_is_unambiguous(operator: dict[str, Any]) -> bool:
     """Whether pycep's tree of this operator can be trusted.
 
-    pycep nests `a OP1 b OP2 c` as `a OP1 (b OP2 c)` whatever the operators, and `!a OP b` as
-    `!(a OP b)` (pycep-parser 0.7.1), and it keeps no parentheses. A right operand that is itself
+    pycep nests `a OP1 b OP2 c` as `a OP1 (b OP2 c)` whatever the operators, `!a OP b` as
+    `!(a OP b)` and `r.a OP b` as `r.(a OP b)` (pycep-parser 0.7.1), and it keeps no parentheses. A right operand that is itself
     an operator is read right only when it binds tighter (or is the same associative && / ||).
     """
     kind, operands = operator["type"], operator["operands"]
+    if kind == "property_accessor":  # `r.a == b` comes out as `r.(a == b)`
+        member = operands["operand_2"]
+        return not (isinstance(member, dict) and "operator" in member and member["operator"]["type"] != "property_accessor")
     if kind == "not":
         inner = operands["bool_value"]
         return not (isinstance(inner, dict) and "operator" in inner and inner["operator"]["type"] in OPERATOR_PRECEDENCE)
@@ -359,12 +443,64 @@ def precedence_is_unambiguous(operator: dict[str, Any]) -> bool:
     return OPERATOR_PRECEDENCE[inner] > OPERATOR_PRECEDENCE[kind] or inner == kind in {"and", "or"}
 
 
-def accessor_path(value: Any) -> str:
-    """`keyVault.outputs.uri` from pycep's nested property accessors."""
+def accessor_path(value: Any, scope: Scope | None = None) -> str:
+    """`keyVault.outputs.uri` (or `extraOpenAiKeys[1].outputs.endpoint`) from pycep's nested accessors."""
     if isinstance(value, dict) and "operator" in value and value["operator"]["type"] == "property_accessor":
         operands = value["operator"]["operands"]
-        return f"{accessor_path(operands['operand_1'])}.{accessor_path(operands['operand_2'])}"
+        return f"{accessor_path(operands['operand_1'], scope)}.{accessor_path(operands['operand_2'], scope)}"
+    if isinstance(value, dict) and "operator" in value and value["operator"]["type"] == "index_accessor":
+        operands = value["operator"]["operands"]
+        index = evaluate(operands["operand_2"], scope) if scope is not None else operands["operand_2"]
+        return f"{accessor_path(operands['operand_1'], scope)}[{index}]"
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def is_operator(value: Any) -> bool:
+    return isinstance(value, dict) and "operator" in value
+
+
+def unknowns(value: Any) -> list[Unknown]:
+    """The Unknowns in a value, however deep in objects and arrays."""
+    if isinstance(value, Unknown):
+        return [value]
+    if isinstance(value, dict):
+        return [u for item in value.values() for u in unknowns(item)]
+    if isinstance(value, list):
+        return [u for item in value for u in unknowns(item)]
+    return []
+
+
+def contains_unknown(value: Any) -> bool:
+    return bool(unknowns(value))
+
+
+def call_lambda(expression: dict[str, Any], scope: Scope, *arguments: Any) -> Any:
+    assert expression.get("type") == "lambda_expression", f"not a lambda: {json.dumps(expression)}"
+    detail = expression["detail"]
+    names = [detail[key] for key in sorted(k for k in detail if k.startswith("var_"))]
+    return evaluate(detail["expression"], scope.binding(**dict(zip(names, arguments, strict=True))))
+
+
+# The Bicep functions of lambdas, by pycep's names: (array, lambda, ...) in Bicep's argument order.
+LAMBDA_FUNCTIONS = {
+    "map": lambda items, scope, fn: [call_lambda(fn, scope, item) for item in items],
+    "filter": lambda items, scope, fn: [item for item in items if call_lambda(fn, scope, item) is True],
+    "toObject": lambda items, scope, key, value: {call_lambda(key, scope, i): call_lambda(value, scope, i) for i in items},
+}
+
+
+def evaluate_loop(loop: dict[str, Any], scope: Scope) -> list[Any]:
+    """A `[for ...]` value: its body for each item where its `if(...)` holds."""
+    kind, detail = loop["loop_type"]["type"], loop["loop_type"]["detail"]
+    assert kind in {"array", "array_index"}, f"loop over {kind}"
+    items = evaluate(detail["array_name"], scope)
+    assert isinstance(items, list), f"loop over {items!r}"
+    values = []
+    for index, item in enumerate(items):
+        inner = scope.binding(**{detail["item_name"]: item, **({detail["index_name"]: index} if kind == "array_index" else {})})
+        if loop.get("condition") is None or evaluate(loop["condition"], inner) is True:
+            values.append(evaluate(loop["config"], inner))
+    return values
 
 
 def evaluate(value: Any, scope: Scope) -> Any:
@@ -374,8 +510,14 @@ def evaluate(value: Any, scope: Scope) -> Any:
         return value
     if isinstance(value, list):
         return [evaluate(item, scope) for item in value]
+    if isinstance(value, dict) and "loop_type" in value:
+        return evaluate_loop(value, scope)
+    if isinstance(value, dict) and not is_expression(value) and value.get("type") != "lambda_expression":
+        return {key: evaluate(item, scope) for key, item in value.items()}  # an object literal
     if isinstance(value, str):
         doc = parsed(scope.template)
+        if value in scope.names:
+            return scope.names[value]
         if value in doc["parameters"]:
             if scope.caller is not None and value in scope.caller:
                 return evaluate(scope.caller[value], scope.parent())
@@ -387,9 +529,11 @@ def evaluate(value: Any, scope: Scope) -> Any:
 
         def substitute(match: re.Match[str]) -> str:
             inner = evaluate(match.group(1), scope)
+            if match.group(2) is not None and isinstance(inner, dict):  # `${r.name}` of a loop's item
+                inner = inner[match.group(2)]
             return match.group(0) if isinstance(inner, Unknown) else str(inner)
 
-        return INTERPOLATION.sub(substitute, value)
+        return MEMBER_INTERPOLATION.sub(substitute, value)
     if isinstance(value, dict) and "function" in value:
         function = value["function"]
         if function["type"] == "empty":
@@ -399,7 +543,14 @@ def evaluate(value: Any, scope: Scope) -> Any:
                 assert ".outputs." in item.text, f"empty() of {item}"
                 return False
             return item is None or len(item) == 0
+        if function["type"] in LAMBDA_FUNCTIONS:
+            items, *lambdas = function["parameters"].values()
+            items = evaluate(items, scope)
+            assert isinstance(items, list), f"{function['type']}() of {items!r}"
+            return LAMBDA_FUNCTIONS[function["type"]](items, scope, *lambdas)
         arguments = [evaluate(argument, scope) for argument in function["parameters"].values()]
+        if function["type"] == "string" and not isinstance(arguments[0], Unknown):
+            return bicep_string(arguments[0])  # an object holding module outputs: each written as its URL
         if function["type"] in STRING_FUNCTIONS and not any(isinstance(a, Unknown) for a in arguments):
             return STRING_FUNCTIONS[function["type"]](*arguments)
         return Unknown(json.dumps(value))
@@ -410,10 +561,18 @@ def evaluate(value: Any, scope: Scope) -> Any:
         )
         kind, operands = operator["type"], operator["operands"]
         if kind == "property_accessor":
-            return Unknown(accessor_path(value))
+            owner = operands["operand_1"]
+            if isinstance(owner, str) and owner in scope.names or is_operator(owner) and owner["operator"]["type"] != "index_accessor":
+                record = evaluate(owner, scope)
+                assert isinstance(record, dict) and isinstance(operands["operand_2"], str), f"{record!r}.{operands['operand_2']}"
+                return record[operands["operand_2"]]
+            if is_operator(owner) and isinstance(items := evaluate(owner["operator"]["operands"]["operand_1"], scope), list):
+                record = items[evaluate(owner["operator"]["operands"]["operand_2"], scope)]
+                return record[operands["operand_2"]]
+            return Unknown(accessor_path(value, scope))
         if kind == "index_accessor":
             items, index = evaluate(operands["operand_1"], scope), evaluate(operands["operand_2"], scope)
-            return Unknown(json.dumps(value)) if isinstance(items, Unknown) else items[index]
+            return Unknown(accessor_path(value, scope)) if isinstance(items, Unknown | str) else items[index]
         if kind == "conditional":
             condition = evaluate(operands["condition"], scope)
             assert isinstance(condition, bool), f"condition {json.dumps(operands['condition'])} is {condition!r}"
@@ -422,15 +581,10 @@ def evaluate(value: Any, scope: Scope) -> Any:
             inner = evaluate(operands["bool_value"], scope)
             assert isinstance(inner, bool), f"! of {inner!r}"
             return not inner
-        if kind in {"and", "or", "equals", "not_equals"}:
+        if kind in COMPARISONS:
             left, right = evaluate(operands["operand_1"], scope), evaluate(operands["operand_2"], scope)
             assert not isinstance(left, Unknown) and not isinstance(right, Unknown), f"{kind} of {left!r}, {right!r}"
-            return {
-                "and": lambda: left and right,
-                "or": lambda: left or right,
-                "equals": lambda: left == right,
-                "not_equals": lambda: left != right,
-            }[kind]()
+            return COMPARISONS[kind](left, right)
         return Unknown(json.dumps(value))
     return Unknown(json.dumps(value))
 
@@ -446,6 +600,54 @@ def condition_holds(declaration: dict[str, Any], scope: Scope) -> bool:
 
 def module_deploys(module_file: Path, deployment: Deployment) -> bool:
     return condition_holds(main_module(module_file), main_scope(deployment))
+
+
+@dataclass(frozen=True)
+class ModuleInstance:
+    """One deployment of a module main.bicep declares: `symbol`, or `symbol[index]` of a `[for ...]`."""
+
+    symbol: str
+    index: int | None
+    path: Path
+    declaration: dict[str, Any]
+    main: Scope  # main.bicep's scope, with the loop's item and index bound
+
+    @property
+    def label(self) -> str:
+        return self.symbol if self.index is None else f"{self.symbol}[{self.index}]"
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return resource_body(self.declaration)
+
+    @property
+    def deploys(self) -> bool:
+        if is_loop(self.declaration):
+            condition = self.declaration["config"]["condition"]
+            return condition is None or evaluate(condition, self.main) is True
+        return condition_holds(self.declaration, self.main)
+
+    def scope(self) -> Scope:
+        """The module's own template, its params read from main.bicep where this instance sits."""
+        return Scope(self.path, self.main.deployment, self.body["params"], caller_names=self.main.names)
+
+
+def module_instances(deployment: Deployment) -> list[ModuleInstance]:
+    """Every module main.bicep declares, a loop once per item, deployed or not."""
+    main = main_scope(deployment)
+    instances = []
+    for symbol, declaration in parsed(MAIN)["modules"].items():
+        path = (INFRA / declaration["detail"]["path"]).resolve()
+        if not is_loop(declaration):
+            instances.append(ModuleInstance(symbol, None, path, declaration, main))
+            continue
+        loop = declaration["config"]["loop_type"]
+        assert loop["type"] == "array_index", f"{symbol}: loop with an index, for the names of its instances"
+        detail = loop["detail"]
+        for index, item in enumerate(evaluate(detail["array_name"], main)):
+            bound = main.binding(**{detail["item_name"]: item, detail["index_name"]: index})
+            instances.append(ModuleInstance(symbol, index, path, declaration, bound))
+    return instances
 
 
 def app_settings_of(deployment: Deployment) -> dict[str, Any]:
@@ -485,6 +687,7 @@ def settings_read_by_code() -> set[str]:
     module = code_settings_module()
     if module is not None:
         names |= set(getattr(module, "SETTING_NAMES", ()))
+        names |= set(getattr(module, "OPTIONAL_SETTINGS", ()))
         names |= set(getattr(module, "SETTING_DEFAULTS", {}))
         names |= set(getattr(module, "SDK_ENVIRONMENT", ()))
     if CONTRACT.exists():
@@ -766,24 +969,27 @@ def test_role_assignments_are_least_privilege() -> None:
 USER_PRINCIPAL_ID = "11111111-1111-1111-1111-111111111111"
 
 
-def deployed_roles(deployment: Deployment) -> set[tuple[str, str]]:
-    """(principal param, role name) of every role assignment this deployment makes."""
+def deployed_role_assignments(deployment: Deployment) -> list[tuple[ModuleInstance, str, str]]:
+    """(module instance, principal param, role name) of every role assignment this deployment makes."""
+    assert not resources_of_type(MAIN, "Microsoft.Authorization/roleAssignments"), "role assignments live in modules"
     roles = role_variables()
-    deployed = set()
-    for path in BICEP_FILES:
-        assignments = resources_of_type(path, "Microsoft.Authorization/roleAssignments")
-        if not assignments:
+    deployed = []
+    for instance in module_instances(deployment):
+        assignments = resources_of_type(instance.path, "Microsoft.Authorization/roleAssignments")
+        if not assignments or not instance.deploys:
             continue
-        assert path != MAIN, "role assignments live in modules"
-        if not module_deploys(path, deployment):
-            continue
-        scope = module_scope(path, deployment)
+        scope = instance.scope()
         for resource in assignments.values():
             if condition_holds(resource, scope):
                 body = resource_body(resource)
                 role_var = body["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
-                deployed.add((body["properties"]["principalId"], roles[role_var]))
+                deployed.append((instance, body["properties"]["principalId"], roles[role_var]))
     return deployed
+
+
+def deployed_roles(deployment: Deployment) -> set[tuple[str, str]]:
+    """(principal param, role name) of every role assignment this deployment makes."""
+    return {(principal, role) for _, principal, role in deployed_role_assignments(deployment)}
 
 
 @pytest.mark.parametrize("with_user", [True, False], ids=["AZURE_PRINCIPAL_ID set", "no AZURE_PRINCIPAL_ID"])
@@ -801,8 +1007,8 @@ def test_each_mode_grants_exactly_its_roles(deployment: Deployment, with_user: b
 
 
 def test_the_openai_role_is_the_one_the_apps_errors_name() -> None:
-    """In entra mode a refused token answers 502 naming the role (shared/cancel.py OPENAI_ROLE): the one granted."""
-    from shared.cancel import OPENAI_ROLE
+    """In entra mode a refused token answers 502 naming the role (shared/resource_client.py OPENAI_ROLE): the one granted."""
+    from shared.resource_client import OPENAI_ROLE
 
     assert OPENAI_ROLE == APP_OPENAI_ROLE
 
@@ -843,27 +1049,27 @@ def test_each_mode_deploys_the_vault_and_the_key_only_for_api_key(deployment: De
         assert (outputs[name] == "") == (not api_key), f"{name}: {outputs[name]!r}"
 
 
-@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d.name)
+@pytest.mark.parametrize("deployment", DEPLOYMENTS + EXTRA_DEPLOYMENTS, ids=lambda d: d.name)
 def test_nothing_reads_a_module_that_does_not_deploy(deployment: Deployment) -> None:
     """ARM fails a deployment that reads the outputs of a module it skipped; each mode reads only its own."""
     scope = main_scope(deployment)
+    instances = module_instances(deployment)
     read: list[tuple[str, Any]] = []
-    for name, module in parsed(MAIN)["modules"].items():
-        if condition_holds(module, scope):
-            read += [(f"{name}.params.{param}", evaluate(value, scope)) for param, value in resource_body(module)["params"].items()]
+    for instance in instances:
+        if instance.deploys:
+            read += [(f"{instance.label}.params.{param}", evaluate(value, instance.main)) for param, value in instance.body["params"].items()]
     read += [(f"output {name}", evaluate(output["value"], scope)) for name, output in parsed(MAIN)["outputs"].items()]
-    modules = parsed(MAIN)["modules"]
+    deploys = {instance.label: instance.deploys for instance in instances}
     for where, value in read:
-        if isinstance(value, Unknown) and ".outputs." in value.text:
-            symbol = value.text.split(".", 1)[0]
-            assert condition_holds(modules[symbol], scope), f"{where} reads {value.text}, but {symbol} does not deploy"
+        for unknown in unknowns(value):
+            if ".outputs." in unknown.text:
+                label = unknown.text.split(".", 1)[0]
+                assert deploys[label], f"{where} reads {unknown.text}, but {label} does not deploy"
 
 
 def sample_value(value: Any) -> Any:
     """A module output stands for a URL of its own (the endpoints and the vault's URI are all URLs)."""
-    if isinstance(value, Unknown):
-        return "https://" + re.sub(r"[^a-z0-9]+", "-", value.text.lower()).strip("-") + ".example.test/"
-    return value
+    return value.as_url() if isinstance(value, Unknown) else value
 
 
 @pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d.name)
@@ -1010,6 +1216,8 @@ def test_parameters_file_uses_azd_substitutions() -> None:
     main_params = parsed(MAIN)["parameters"]
     assert set(values) <= set(main_params), f"parameters main.bicep lacks: {set(values) - set(main_params)}"
     assert "azureOpenAiApiKey" not in values, "keep the api-key out of azd's plain-text .env"
+    # An array parameter from a JSON env var: azd parses the substituted string (Azure/azure-dev#6694).
+    assert values["azureOpenAiResources"] == "${AZURE_OPENAI_RESOURCES=[]}"
 
 
 def test_azure_yaml_declares_the_python_function_service() -> None:
@@ -1053,10 +1261,10 @@ def test_conditional_resources_and_modules_are_read_with_the_non_null_assertion(
         # Comments out (a `//` after a space or at the start; `https://` stays).
         code = "\n".join(re.sub(r"(^|\s)//.*$", "", line) for line in path.read_text(encoding="utf-8").splitlines())
         for name in conditional_names(path):
-            bare = re.findall(rf"\b{name}\.(?:outputs|properties|list\w*\(|id\b|name\b)", code)
+            bare = re.findall(rf"\b{name}(?:\[[^\]]*\])?\.(?:outputs|properties|list\w*\(|id\b|name\b)", code)
             assert not bare, f"{path.name}: {name} is conditional; read it as {name}!.{bare[0].split('.', 1)[1]}"
-            asserted += len(re.findall(rf"\b{name}!\.", code))
-    assert asserted >= 3, "expected the openAiKey module and the openAi account to be read with `!`"
+            asserted += len(re.findall(rf"\b{name}(?:\[[^\]]*\])?!\.", code))
+    assert asserted >= 5, "expected the openAiKey modules, the openAiAccess loop and the openAi account read with `!`"
 
 
 def test_openai_resource_id_shape_is_checked_before_its_parts_are_read() -> None:
@@ -1366,3 +1574,163 @@ def test_schema_check_catches_a_typo_in_another_package(tmp_path: Path) -> None:
     queue_service = "resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {\n  parent: storage\n"
     storage = schema_errors_of_copy(tmp_path, STORAGE_MODULE, [(queue_service, queue_service + "  location: location\n")])
     assert storage == ["location: no such property"]
+
+
+# --- extra resources: azureOpenAiResources -> AZURE_OPENAI_RESOURCES -------------------------
+
+
+def extras_of(deployment: Deployment) -> list[dict[str, Any]]:
+    return deployment.params.get("azureOpenAiResources", [])
+
+
+def instances_of(deployment: Deployment, module_file: Path) -> dict[str, ModuleInstance]:
+    """The loop's instances that deploy, by the extra resource's name."""
+    symbol, _ = main_module_loop(module_file)
+    extras = extras_of(deployment)
+    return {
+        extras[instance.index]["name"]: instance
+        for instance in module_instances(deployment)
+        if instance.symbol == symbol and instance.deploys
+    }
+
+
+@pytest.mark.parametrize("deployment", EXTRA_DEPLOYMENTS, ids=lambda d: d.name)
+def test_extra_resources_setting_is_what_the_code_accepts(deployment: Deployment) -> None:
+    """The template's AZURE_OPENAI_RESOURCES, read by shared.settings: each resource, its endpoint, auth, key and version."""
+    from shared.settings import DEFAULT_RESOURCE, Settings
+
+    values = app_settings_of(deployment)
+    raw = values["AZURE_OPENAI_RESOURCES"]
+    assert isinstance(raw, str) and json.loads(raw), raw
+    settings = Settings.from_environ({name: sample_value(value) for name, value in values.items()})
+    has_default = "azureOpenAiEndpoint" in deployment.params or "azureOpenAiResourceId" in deployment.params
+    extras = extras_of(deployment)
+    assert set(settings.resources) == {r["name"] for r in extras} | ({DEFAULT_RESOURCE} if has_default else set())
+    for extra in extras:
+        resource = settings.resources[extra["name"]]
+        assert resource.auth == extra["auth"]
+        assert resource.api_version == extra.get("apiVersion", settings.api_version)
+        if "endpoint" in extra:
+            assert resource.endpoint == extra["endpoint"].rstrip("/")
+        else:  # the account's custom subdomain, from the module that read the account
+            module = "extraOpenAiKeys" if extra["auth"] == "api-key" else "extraOpenAiAccess"
+            index = extras.index(extra)
+            assert resource.endpoint == Unknown(f"{module}[{index}].outputs.endpoint").as_url().rstrip("/")
+        if extra["auth"] == "api-key":
+            assert resource.key_secret_name == f"azure-openai-api-key-{extra['name']}"
+    # Key Vault is there, and named to the app, exactly when some resource uses an api-key.
+    uses_key = any(r.auth == "api-key" for r in settings.resources.values())
+    assert module_deploys(INFRA / "modules" / "keyvault.bicep", deployment) == uses_key
+    assert (settings.key_vault_url is not None) == uses_key
+    assert (values["KEY_VAULT_URL"] == "") == (not uses_key)
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d.name)
+def test_no_extra_resources_leaves_the_setting_empty(deployment: Deployment) -> None:
+    """An empty list (the default): AZURE_OPENAI_RESOURCES is "", which the app reads as unset; nothing per resource."""
+    from shared.settings import DEFAULT_RESOURCE, Settings
+
+    values = app_settings_of(deployment)
+    assert values["AZURE_OPENAI_RESOURCES"] == ""
+    assert set(Settings.from_environ({n: sample_value(v) for n, v in values.items()}).resources) == {DEFAULT_RESOURCE}
+    assert not instances_of(deployment, INFRA / "modules" / "openai-key.bicep")
+    assert not instances_of(deployment, OPENAI_ACCESS_MODULE)
+
+
+@pytest.mark.parametrize("deployment", EXTRA_DEPLOYMENTS, ids=lambda d: d.name)
+def test_each_extra_resource_gets_its_key_copy_or_its_role(deployment: Deployment) -> None:
+    """api-key with an account: key1 into Key Vault as azure-openai-api-key-<name>. entra with an account:
+    Cognitive Services OpenAI Contributor for the app's identity on that account. An endpoint: neither."""
+    extras = extras_of(deployment)
+    keyed = {r["name"]: r for r in extras if r["auth"] == "api-key" and "resourceId" in r}
+    keyless = {r["name"]: r for r in extras if r["auth"] == "entra" and "resourceId" in r}
+
+    copies = instances_of(deployment, INFRA / "modules" / "openai-key.bicep")
+    assert set(copies) == set(keyed)
+    for name, instance in copies.items():
+        params = {param: evaluate(value, instance.main) for param, value in instance.body["params"].items()}
+        _, _, subscription, _, group, *_, account = keyed[name]["resourceId"].split("/")
+        assert params["secretName"] == f"azure-openai-api-key-{name}"
+        assert (params["openAiSubscriptionId"], params["openAiResourceGroupName"], params["openAiAccountName"]) == (
+            subscription, group, account
+        )
+        assert params["azureOpenAiResourceIdIsWellFormed"] is True
+        assert params["keyVaultName"].text == "keyVault.outputs.name"
+        assert evaluate(instance.body["name"], instance.main) == f"openai-key-{name}"
+
+    grants = [(instance, principal, role) for instance, principal, role in deployed_role_assignments(deployment)
+              if instance.symbol == main_module_loop(OPENAI_ACCESS_MODULE)[0]]
+    assert {extras[instance.index]["name"] for instance, _, _ in grants} == set(keyless)
+    for instance, principal, role in grants:
+        extra = extras[instance.index]
+        _, _, subscription, _, group, *_, account = extra["resourceId"].split("/")
+        assert (principal, role) == ("appPrincipalId", APP_OPENAI_ROLE)
+        where = instance.body["scope"]["function"]
+        assert where["type"] == "resource_group"
+        where_values = {name: evaluate(arg, instance.main) for name, arg in where["parameters"].items()}
+        assert where_values == {"subscription_id": subscription, "resource_group_name": group}
+        assert evaluate(instance.body["params"]["openAiAccountName"], instance.main) == account
+        assert accessor_path(instance.body["params"]["appPrincipalId"]) == "identity.outputs.principalId"
+    # Least privilege still: one more principal never appears, no role beyond the known ones.
+    assert deployed_roles(deployment) <= {("appPrincipalId", r) for r in APP_ROLES | {APP_KEY_ROLE, APP_OPENAI_ROLE}}
+
+
+def validity(resources: list[dict[str, Any]]) -> tuple[bool, int]:
+    """(main.bicep's verdict on the list, how many per-resource modules would deploy)."""
+    deployment = Deployment("check", {**DEFAULT_ENDPOINT, "azureOpenAiResources": resources})
+    valid = evaluate("extraOpenAiResourcesAreValid", main_scope(deployment))
+    deployed = len(instances_of(deployment, INFRA / "modules" / "openai-key.bicep")) + len(
+        instances_of(deployment, OPENAI_ACCESS_MODULE)
+    )
+    assert evaluate(module_call(FUNCTION_APP_MODULE)["azureOpenAiResourcesAreValid"], main_scope(deployment)) is valid
+    return valid, deployed
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["sweden", "a", "x" * 40, "ncus-2", "0", "-", "x" * 41, "", "Sweden", "north_us", "north.us", "naïve", "default", "a b"],
+)
+def test_extra_resource_names_are_the_ones_the_app_accepts(name: str) -> None:
+    """main.bicep refuses exactly the names shared.settings refuses (RESOURCE_NAME, and `default`)."""
+    from shared.settings import DEFAULT_RESOURCE, RESOURCE_NAME
+
+    app_accepts = bool(RESOURCE_NAME.fullmatch(name)) and name != DEFAULT_RESOURCE
+    valid, deployed = validity([{"name": name, "resourceId": account_id("aoai-one"), "auth": "entra"}])
+    assert valid is app_accepts
+    assert deployed == (1 if app_accepts else 0)
+
+
+@pytest.mark.parametrize(
+    ("resources", "problem"),
+    [
+        ([EXTRA_RESOURCES[0], {**EXTRA_RESOURCES[2], "name": "sweden"}], "a name used twice"),
+        ([{"name": "both", "resourceId": account_id("a"), "endpoint": "https://a.openai.azure.com/", "auth": "entra"}], "both"),
+        ([{"name": "neither", "auth": "entra"}], "neither resourceId nor endpoint"),
+        ([{"name": "bad-auth", "endpoint": "https://a.openai.azure.com/", "auth": "key"}], "an unknown auth"),
+    ],
+)
+def test_a_bad_extra_resource_list_deploys_nothing_per_resource_and_is_refused(resources: list[dict[str, Any]], problem: str) -> None:
+    """The function app module's azureOpenAiResourcesAreValid (@allowed([true])) refuses it; no key or role was made."""
+    assert validity(resources) == (False, 0), problem
+    guard = parsed(FUNCTION_APP_MODULE)["parameters"]["azureOpenAiResourcesAreValid"]
+    assert {"type": "allowed", "argument": [True]} in guard["decorators"], guard["decorators"]
+    assert validity(EXTRA_RESOURCES) == (True, 2)
+
+
+@pytest.mark.parametrize("auth", ["api-key", "entra"])
+def test_a_malformed_extra_resource_id_is_refused_by_the_guard_not_by_an_empty_scope(auth: str) -> None:
+    """Like the default resource's: the module's azureOpenAiResourceIdIsWellFormed is false, its scope has no empty part."""
+    bad = OPENAI_ACCOUNT_ID.replace("/accounts/", "/account/")
+    deployment = Deployment("malformed", {**DEFAULT_ENDPOINT, "azureOpenAiResources": [{"name": "bad", "resourceId": bad, "auth": auth}]})
+    module_file = INFRA / "modules" / ("openai-key.bicep" if auth == "api-key" else "openai-access.bicep")
+    (instance,) = instances_of(deployment, module_file).values()
+    assert evaluate(instance.body["params"]["azureOpenAiResourceIdIsWellFormed"], instance.main) is False
+    if auth == "entra":
+        parts = [evaluate(arg, instance.main) for arg in instance.body["scope"]["function"]["parameters"].values()]
+        assert all(isinstance(part, Unknown) for part in parts), parts  # our own subscription and group
+
+
+def test_the_outputs_name_the_extra_resources() -> None:
+    deployment = EXTRA_DEPLOYMENTS[0]
+    names = evaluate(parsed(MAIN)["outputs"]["AZURE_OPENAI_RESOURCE_NAMES"]["value"], main_scope(deployment))
+    assert names == [r["name"] for r in EXTRA_RESOURCES]

@@ -68,6 +68,23 @@ param upstreamMaxRetries string
 param upstreamDeadlineSeconds string
 param resultsTtlSeconds string
 
+// main.bicep passes false when an entry of its azureOpenAiResources is refused: ARM then refuses
+// this module, naming this parameter, and nothing was deployed for any of those resources.
+@allowed([
+  true
+])
+@description('false when azureOpenAiResources has a name that is not 1 to 40 of a-z, 0-9 and -, is default or is used twice, or an entry without exactly one of resourceId and endpoint, or whose auth is not api-key or entra.')
+param azureOpenAiResourcesAreValid bool = true
+
+@description('The extra Azure OpenAI resources, [{name, value}], value being the entry AZURE_OPENAI_RESOURCES holds for name.')
+param azureOpenAiResources array = []
+
+// CONTRACT section 8: a JSON object of named resources; '' (none) is what the app reads as unset.
+// Written member by member (checkov's pycep-parser cannot read toObject()); a name is only
+// a-z, 0-9 and - (main.bicep refuses any other), so it needs no JSON escaping.
+var azureOpenAiResourcesMembers = [for entry in azureOpenAiResources: concat('"', entry.name, '":', string(entry.value))]
+var azureOpenAiResourcesSetting = empty(azureOpenAiResources) ? '' : concat('{', join(azureOpenAiResourcesMembers, ','), '}')
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
   location: location
@@ -148,6 +165,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'AZURE_OPENAI_AUTH'
           value: azureOpenAiAuth
+        }
+        {
+          name: 'AZURE_OPENAI_RESOURCES'
+          value: azureOpenAiResourcesSetting
         }
         {
           name: 'KEY_VAULT_URL'
