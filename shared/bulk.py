@@ -7,10 +7,10 @@ cancels share one time budget, and `wait_seconds` bounds the waiting of all of t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from shared.record_text import loads_bounded
 from shared.cancel import allowed_resources, caller_of, cancel_requests, rejected_record
 from shared.records import (
     CancelRequest,
@@ -99,7 +99,7 @@ def _key(item: object, position: int, resource: str) -> object:
 
 def _read_body(body: bytes, allowed: Collection[str] | None) -> tuple[list[object], str | None, float, str]:
     try:
-        payload = json.loads(body.decode("utf-8-sig"))  # a leading byte order mark is ignored
+        payload = loads_bounded(body.decode("utf-8-sig"))  # a leading byte order mark is ignored
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError  # RecursionError: nested too deeply
         raise InvalidRequest(
             f"body must be a JSON object like {{\"job_ids\": [...]}}: '{shorten(body.decode('utf-8', 'replace'))}'",

@@ -26,6 +26,29 @@ MAX_CUT_DEPTH = 6
 _QUEUE_UNSAFE = re.compile("[\ud800-\udfff\ufffe\uffff]")
 
 
+MAX_JSON_NESTING = 200  # far deeper than any job or message; well inside Python's recursion limit
+_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"|[\[{]|[\]}]')  # a string (skipped whole), an opening or a closing
+
+
+def loads_bounded(text: str | bytes, **options: object) -> object:
+    """`json.loads`, refusing (ValueError) JSON nested deeper than MAX_JSON_NESTING before it parses.
+
+    The parser recurses once per level: near Python's recursion limit even a garbage collection that runs
+    a finalizer fails, so depth is counted first, without recursion.
+    """
+    scanned = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    depth = 0
+    for token in _NESTING.finditer(scanned):
+        mark = token.group()
+        if mark in "[{":
+            depth += 1
+            if depth > MAX_JSON_NESTING:
+                raise ValueError(f"JSON nested deeper than {MAX_JSON_NESTING} levels")
+        elif mark in "]}":
+            depth -= 1
+    return json.loads(text, **options)  # type: ignore[arg-type]
+
+
 def strict_json(value: object, *, compact: bool = True) -> str:
     """JSON text with only characters a storage queue can carry; raises ValueError for NaN or Infinity."""
     separators = (",", ":") if compact else None

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from shared.record_text import fitted_record_text
+from shared.record_text import fitted_record_text, loads_bounded
 from shared.settings import DEFAULT_RESOURCE
 
 JOB_ID_PATTERN = re.compile(r"(ftjob|ft)-[A-Za-z0-9]{1,64}")  # use with fullmatch
@@ -202,7 +202,7 @@ def _base64_decoded(text: str) -> str | None:
 
 def _parse_json_message(text: str, *, dequeue_count: int | None, resources: Collection[str] | None) -> CancelRequest:
     try:
-        message = json.loads(text)
+        message = loads_bounded(text)
     except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
         raise InvalidRequest(f"message is not valid JSON: '{shorten(text)}'", target="message") from err
     if not isinstance(message, dict) or "job_id" not in message:

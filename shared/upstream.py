@@ -7,7 +7,6 @@ the cancel's deadline. Any other answer is returned to the caller to judge.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
+from shared.record_text import loads_bounded
 from shared.redaction import redact_json, redact_text, request_secrets
 from shared.errors import ConnectFailed, NoResponse, RetryableStatus, TimedOut, UnreadableBody
 from shared.retry import backoff_seconds, is_retryable_status, retry_after_seconds
@@ -207,7 +207,7 @@ def _json_or_none(raw: bytes) -> Any:
     if not raw:
         return None
     try:
-        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+        return loads_bounded(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError):  # RecursionError: nested too deeply
         return None
 

@@ -95,7 +95,7 @@ def test_the_app_answers_as_openapi_yaml_says(case: schemathesis.Case, local_app
     reached_the_function = case.method.upper() == case.operation.method.upper() and response.status_code != 401
     if not reached_the_function or case.path == "/health":
         assert records == []
-    elif case.path == CANCEL_PATH or response.status_code == 400:
+    elif case.path != "/cancel" or response.status_code == 400:  # the single-job routes, or a refused bulk body
         [record] = records
         assert (record["request_id"], record["status_code"]) == (request_id, response.status_code)
     else:
