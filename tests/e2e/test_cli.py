@@ -341,6 +341,25 @@ def test_cancel_and_results_with_a_resource_reach_that_resource_and_show_it(
         assert simulator.requests == []
 
 
+def test_cancel_on_a_resource_the_app_does_not_know_is_refused_by_the_app_and_reaches_no_resource(
+    cli: Cli, start_local_app, simulator: FineTuningSimulator
+):
+    app = start_local_app()
+    jobs = [simulator.create_job(status="running")["id"] for _ in range(2)]
+    function = {"FTCANCEL_URL": app.api_url, "FTCANCEL_FUNCTION_KEY": app.function_key}
+
+    one = cli.run("cancel", jobs[0], "--resource", "nowhere", "--json", env=function)
+    several = cli.run("cancel", *jobs, "--resource", "nowhere", env=function)
+
+    [record] = json_lines(one.stdout)
+    assert (one.returncode, record["outcome"], record["resource"], record["error"]["target"]) == (
+        3, "rejected", "nowhere", "resource"
+    )
+    assert several.returncode == 1
+    assert several.stderr.startswith("ftcancel: the bulk route answered 400: resource 'nowhere' is not one"), several.stderr
+    assert simulator.requests == []
+
+
 def test_follow_with_delete_takes_records_off_and_stops_at_max(
     cli: Cli, start_local_app, simulator: FineTuningSimulator
 ):
