@@ -99,7 +99,8 @@ def run_demo(stack: LocalStack) -> list[dict[str, Any]]:
         say(f"  {job['id']}  {note}")
 
     keyless_by_http, keyless_by_queue = info.keyless_jobs
-    say(f"\n==> Two running jobs on the resource '{KEYLESS_RESOURCE}' (seeded at start): {', '.join(info.keyless_jobs)}")
+    seeded = ", ".join(info.keyless_jobs)
+    say(f"\n==> Two running jobs on the resource '{KEYLESS_RESOURCE}' (seeded at start): {seeded}")
 
     cancel_over_http(stack, f"{info.functions_url}/openai/fine_tuning/jobs/{by_http}/cancel", info.function_key)
     cancel_over_http(
@@ -116,7 +117,10 @@ def run_demo(stack: LocalStack) -> list[dict[str, Any]]:
             "a job that is already cancelled",
         ),
         (INVALID_MESSAGE, "not a job id: an underscore for the dash"),
-        (json.dumps({"job_id": keyless_by_queue, "resource": KEYLESS_RESOURCE}), f"a running job on '{KEYLESS_RESOURCE}'"),
+        (
+            json.dumps({"job_id": keyless_by_queue, "resource": KEYLESS_RESOURCE}),
+            f"a running job on '{KEYLESS_RESOURCE}'",
+        ),
         (json.dumps({"job_id": keyless_by_queue, "resource": UNKNOWN_RESOURCE}), "a resource the app does not know"),
     )
     say(f"\n==> Enqueueing {len(messages)} messages on '{info.requests_queue}'")
@@ -199,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"demo failed: {problem}; logs: {shown_path(stack.log_dir)}/", file=sys.stderr)
         return 1
     count = len(EXPECTED)
-    say(f"Done in {time.monotonic() - started:.1f} s: {count} requests on two resources, {count} records, everything stopped.")
+    took = time.monotonic() - started
+    say(f"Done in {took:.1f} s: {count} requests on two resources, {count} records, everything stopped.")
     return 0
 
 

@@ -601,7 +601,7 @@ def print_usage_examples(info: StackInfo, out: TextIO) -> None:
         f"  curl -s -X POST {key_header} \\\n"
         f"       {info.functions_url}/resources/{KEYLESS_RESOURCE}/openai/fine_tuning/jobs/{keyless_job}/cancel\n\n"
     )
-    write('Enqueue a cancel request (a bare job id, or {"job_id": "...", "resource": "...", "correlation_id": "..."}):\n')
+    write('Enqueue a cancel request (a bare job id, or {"job_id": "...", "resource": "...", ...}):\n')
     write(f"  {python} -m devstack.stack enqueue {queued}\n")
     write(f"  {python} -m devstack.stack enqueue '{keyless_message}'\n")
     write(
@@ -671,7 +671,9 @@ def ignore_signals() -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     if args.service == SIMULATOR_SERVICE:
-        return serve_simulator(args.job, key_access_disabled=args.key_access_disabled, trust_identity=args.trust_identity)
+        return serve_simulator(
+            args.job, key_access_disabled=args.key_access_disabled, trust_identity=args.trust_identity
+        )
     return serve_key_vault(args.workdir or Path(tempfile.mkdtemp(prefix="devstack-keyvault-")))
 
 

@@ -57,9 +57,10 @@ Run `ftcancel COMMAND --help` for each command's options.
 
 ENQUEUE_EPILOG = f"""\
 Each id becomes one message: the bare id, or {{"job_id": ..., "resource": ..., "correlation_id": ...,
-"wait_seconds": ...}} when --resource, --correlation-id or --wait is given. Every id is checked first: invalid and repeated ones are
-listed (with their line in --file) before anything is sent; a repeated id is sent once; an invalid
-one stops the command (exit 2, nothing sent) unless --skip-invalid.
+"wait_seconds": ...}} when --resource, --correlation-id or --wait is given. Every id is checked
+first: invalid and repeated ones are listed (with their line in --file) before anything is sent;
+a repeated id is sent once; an invalid one stops the command (exit 2, nothing sent) unless
+--skip-invalid.
 
 examples:
   ftcancel enqueue --account mystorage ftjob-0f4191f0c59a4256b7a797a3d9eed219
@@ -363,7 +364,8 @@ def _resource_name(text: str) -> str:
     """--resource: the app's own rule for a resource name (whether the app knows it, only the app can say)."""
     if not RESOURCE_NAME.fullmatch(text):
         raise argparse.ArgumentTypeError(
-            f"'{text}' is not a resource name (1 to 40 lower-case letters, digits and '-', as in AZURE_OPENAI_RESOURCES)"
+            f"'{text}' is not a resource name (1 to 40 lower-case letters, digits and '-', "
+            "as in AZURE_OPENAI_RESOURCES)"
         )
     return text
 

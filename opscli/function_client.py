@@ -2,9 +2,10 @@
 
 One job goes to `POST {url}/openai/fine_tuning/jobs/{id}/cancel` (or, on a named resource,
 `POST {url}/resources/{name}/openai/fine_tuning/jobs/{id}/cancel`); several go to `POST {url}/cancel`
-in requests of at most 100 ids, with a top-level `"resource"` when one is named. Both give back result records: the bulk route answers with the
-records themselves; for the single route a record is built from the answer (status, body,
-`x-request-id`), without the fields only the results queue's copy has (attempts, times).
+in requests of at most 100 ids, with a top-level `"resource"` when one is named. Both give back
+result records: the bulk route answers with the records themselves; for the single route a record
+is built from the answer (status, body, `x-request-id`), without the fields only the results
+queue's copy has (attempts, times).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class FunctionApp:
     def cancel_one(
         self, job_id: str, *, wait_seconds: float, correlation_id: str | None, resource: str | None = None
     ) -> dict[str, Any]:
-        """Cancel one job through the single route (the resource route when `resource` is named); the answer as a record."""
+        """Cancel one job through the single route (on a named resource, its route); the answer as a record."""
         prefix = f"{self.api_url}/resources/{resource}" if resource is not None else self.api_url
         response = self._post(
             f"{prefix}/openai/fine_tuning/jobs/{job_id}/cancel",

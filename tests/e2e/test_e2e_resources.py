@@ -37,7 +37,8 @@ def keyless(vault: KeyVaultEmulator) -> Iterator[FineTuningSimulator]:
 
 @pytest.fixture
 def two_resources(start_local_app, keyless: FineTuningSimulator):
-    return start_local_app(AZURE_OPENAI_RESOURCES=json.dumps({"keyless": {"endpoint": keyless.endpoint, "auth": "entra"}}))
+    resources = {"keyless": {"endpoint": keyless.endpoint, "auth": "entra"}}
+    return start_local_app(AZURE_OPENAI_RESOURCES=json.dumps(resources))
 
 
 def seed(simulator: FineTuningSimulator, *job_ids: str) -> None:

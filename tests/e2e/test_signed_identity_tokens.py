@@ -14,6 +14,7 @@ import requests
 from devstack.keyvault_emulator import KeyVaultEmulator, signed_token, verify_signed_token
 from devstack.openai_sim import FineTuningSimulator
 from devstack.stack import COGNITIVE_SERVICES_AUDIENCE
+from tests.test_keyvault_emulator import token as issued_token  # a token from the identity endpoint, by hand
 
 pytestmark = pytest.mark.e2e
 
@@ -25,17 +26,6 @@ NOW = 1_800_000_000
 def signing_vault() -> Iterator[KeyVaultEmulator]:
     with KeyVaultEmulator(token_signing_key=KEY) as emulator:
         yield emulator
-
-
-def issued_token(vault: KeyVaultEmulator, resource: str) -> str:
-    response = requests.get(
-        vault.identity_endpoint,
-        params={"api-version": "2019-08-01", "resource": resource},
-        headers={"X-IDENTITY-HEADER": vault.identity_header},
-        timeout=10,
-    )
-    response.raise_for_status()
-    return response.json()["access_token"]
 
 
 def tampered(token: str) -> str:
