@@ -1,9 +1,13 @@
 """`make demo`: the whole app on this machine, in one command that ends by itself.
 
-Starts the local stack, creates three fine-tuning jobs in the Azure OpenAI simulator, cancels one
-through the function's HTTP route, enqueues a running job's id, an already-cancelled job's id and an
-invalid message, waits for the four result records, prints them as a table and stops everything.
-Exit code 0 when every record is what the contract promises; otherwise 1, naming the failed part.
+Starts the local stack with its two Azure OpenAI resources: `default` (api-key from Key Vault) and
+`keyless` (key access disabled: the app signs in with its identity). On `default` it creates three
+fine-tuning jobs, cancels one through the function's HTTP route, enqueues a running job's id, an
+already-cancelled job's id and an invalid message. On `keyless` (two jobs seeded at start) it cancels
+one through the resource route and enqueues the other with `"resource": "keyless"`; one message names a
+resource the app does not know. It waits for the seven result records, prints them as a table (with
+their `resource` column) and stops everything. Exit code 0 when every record is what the contract
+promises; otherwise 1, naming the failed part.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from azure.storage.queue import QueueClient
 
 from devstack.stack import (
     API_VERSION,
+    DEFAULT_RESOURCE,
+    KEYLESS_RESOURCE,
     LOG_DIR,
     LocalStack,
     StackError,
@@ -34,11 +40,16 @@ from devstack.stack import (
 
 RESULTS_TIMEOUT_SECONDS = 60.0
 INVALID_MESSAGE = "ftjob_0042"  # a typo: job ids have a dash
-EXPECTED = [  # (trigger, outcome) of the four records, in the order the requests are made
-    ("http", "cancelled"),
-    ("queue", "cancelled"),
-    ("queue", "already_terminal"),
-    ("queue", "rejected"),
+UNKNOWN_RESOURCE = "nowhere"
+KEYLESS_JOBS = ("ftjob-keyless1", "ftjob-keyless2")  # seeded in the keyless simulator: no api-key creates them
+EXPECTED = [  # (trigger, resource, outcome) of the seven records, in the order the requests are made
+    ("http", DEFAULT_RESOURCE, "cancelled"),
+    ("http", KEYLESS_RESOURCE, "cancelled"),
+    ("queue", DEFAULT_RESOURCE, "cancelled"),
+    ("queue", DEFAULT_RESOURCE, "already_terminal"),
+    ("queue", DEFAULT_RESOURCE, "rejected"),
+    ("queue", KEYLESS_RESOURCE, "cancelled"),
+    ("queue", UNKNOWN_RESOURCE, "rejected"),
 ]
 
 
@@ -87,10 +98,48 @@ def run_demo(stack: LocalStack) -> list[dict[str, Any]]:
     ):
         say(f"  {job['id']}  {note}")
 
-    url = f"{info.functions_url}/openai/fine_tuning/jobs/{by_http}/cancel"
+    keyless_by_http, keyless_by_queue = info.keyless_jobs
+    seeded = ", ".join(info.keyless_jobs)
+    say(f"\n==> Two running jobs on the resource '{KEYLESS_RESOURCE}' (seeded at start): {seeded}")
+
+    cancel_over_http(stack, f"{info.functions_url}/openai/fine_tuning/jobs/{by_http}/cancel", info.function_key)
+    cancel_over_http(
+        stack,
+        f"{info.functions_url}/resources/{KEYLESS_RESOURCE}/openai/fine_tuning/jobs/{keyless_by_http}/cancel",
+        info.function_key,
+    )
+
+    requests_queue = QueueClient.from_connection_string(info.storage_connection_string, info.requests_queue)
+    messages = (
+        (by_queue, "a running job"),
+        (
+            json.dumps({"job_id": already_cancelled, "correlation_id": "demo-already-cancelled"}),
+            "a job that is already cancelled",
+        ),
+        (INVALID_MESSAGE, "not a job id: an underscore for the dash"),
+        (
+            json.dumps({"job_id": keyless_by_queue, "resource": KEYLESS_RESOURCE}),
+            f"a running job on '{KEYLESS_RESOURCE}'",
+        ),
+        (json.dumps({"job_id": keyless_by_queue, "resource": UNKNOWN_RESOURCE}), "a resource the app does not know"),
+    )
+    say(f"\n==> Enqueueing {len(messages)} messages on '{info.requests_queue}'")
+    for message, note in messages:
+        requests_queue.send_message(message)
+        say(f"  {message}   ({note})")
+
+    say(f"\n==> Waiting for the {len(EXPECTED)} result records on '{info.results_queue}'")
+    records = wait_for_records(stack, info.storage_connection_string, info.results_queue, count=len(EXPECTED))
+    say("")
+    say(format_records(records))
+    return records
+
+
+def cancel_over_http(stack: LocalStack, url: str, function_key: str) -> None:
+    """POST a cancel route of the function, as a client with a function key does; print the answer."""
     say(f"\n==> Cancelling over HTTP:  POST {url}")
     try:
-        response = requests.post(url, headers={"x-functions-key": info.function_key}, timeout=90)
+        response = requests.post(url, headers={"x-functions-key": function_key}, timeout=90)
     except requests.RequestException as err:
         raise StackError("Functions runner", f"the HTTP cancel failed ({err})", log_path=stack.runner.log_path) from err  # type: ignore[union-attr]
     say(f"  HTTP {response.status_code} {response.reason}   x-request-id: {response.headers.get('x-request-id')}")
@@ -98,25 +147,6 @@ def run_demo(stack: LocalStack) -> list[dict[str, Any]]:
         json.dumps(response.json(), indent=2) if "json" in response.headers.get("content-type", "") else response.text
     )
     say("\n".join("  " + line for line in body.splitlines()))
-
-    requests_queue = QueueClient.from_connection_string(info.storage_connection_string, info.requests_queue)
-    say(f"\n==> Enqueueing three messages on '{info.requests_queue}'")
-    for message, note in (
-        (by_queue, "a running job"),
-        (
-            json.dumps({"job_id": already_cancelled, "correlation_id": "demo-already-cancelled"}),
-            "a job that is already cancelled",
-        ),
-        (INVALID_MESSAGE, "not a job id: an underscore for the dash"),
-    ):
-        requests_queue.send_message(message)
-        say(f"  {message}   ({note})")
-
-    say(f"\n==> Waiting for the four result records on '{info.results_queue}'")
-    records = wait_for_records(stack, info.storage_connection_string, info.results_queue, count=len(EXPECTED))
-    say("")
-    say(format_records(records))
-    return records
 
 
 def wait_for_records(stack: LocalStack, connection_string: str, queue_name: str, *, count: int) -> list[dict[str, Any]]:
@@ -144,8 +174,8 @@ def wait_for_records(stack: LocalStack, connection_string: str, queue_name: str,
 
 
 def unexpected(records: list[dict[str, Any]]) -> str | None:
-    """What differs from the four outcomes the contract promises, or None when all is well."""
-    seen = sorted((record.get("trigger"), record.get("outcome")) for record in records)
+    """What differs from the seven outcomes the contract promises, or None when all is well."""
+    seen = sorted((record.get("trigger"), record.get("resource"), record.get("outcome")) for record in records)
     return None if seen == sorted(EXPECTED) else f"expected records {sorted(EXPECTED)}, got {seen}"
 
 
@@ -154,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, default=LOG_DIR / "demo", help="where the parts' logs go")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    stack = LocalStack(log_dir=args.log_dir, report=lambda line: say("  " + line))
+    stack = LocalStack(log_dir=args.log_dir, keyless_jobs=KEYLESS_JOBS, report=lambda line: say("  " + line))
     interrupt_on_signals()
     try:
         records = run_demo(stack)
@@ -172,7 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"demo failed: {problem}; logs: {shown_path(stack.log_dir)}/", file=sys.stderr)
         return 1
-    say(f"Done in {time.monotonic() - started:.1f} s: four requests, four records, everything stopped.")
+    count = len(EXPECTED)
+    took = time.monotonic() - started
+    say(f"Done in {took:.1f} s: {count} requests on two resources, {count} records, everything stopped.")
     return 0
 
 

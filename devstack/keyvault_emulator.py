@@ -6,12 +6,18 @@ reads and can fail on purpose (outage, next-N failures, RBAC denial). The identi
 the `IDENTITY_ENDPOINT`/`IDENTITY_HEADER` protocol (api-version 2019-08-01) that azure-identity's
 ManagedIdentityCredential uses on App Service and Functions. `environ()` gives the settings that make
 `SecretClient(url, DefaultAzureCredential(), verify_challenge_resource=False)` work unchanged.
+With a `token_signing_key`, each token also carries its audience and expiry signed with that key
+(HMAC-SHA256), so another process holding the key (the Azure OpenAI simulator of the local stack)
+can check a token offline, as a service checks an Entra token's signature: `verify_signed_token`.
 Run standalone with `python -m devstack.keyvault_emulator --port N --secret NAME=VALUE`.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -103,8 +109,10 @@ class KeyVaultEmulator:
         workdir: Path | None = None,
         identity_header: str | None = None,
         token_lifetime: int = 3600,
+        token_signing_key: bytes | None = None,
     ) -> None:
         self.host = host
+        self._token_signing_key = token_signing_key
         self.token_lifetime = token_lifetime
         self._identity_header = identity_header or secrets.token_urlsafe(24)
         self._lock = threading.Lock()
@@ -437,8 +445,11 @@ class KeyVaultEmulator:
         if not resource:
             handler.send_json(400, {"statusCode": 400, "message": "The resource parameter is required."})
             return
-        token = secrets.token_urlsafe(32)
         expires_on = int(time.time()) + self.token_lifetime
+        if self._token_signing_key is None:
+            token = secrets.token_urlsafe(32)
+        else:
+            token = signed_token(self._token_signing_key, audience=resource, expires_on=expires_on)
         with self._lock:
             self._tokens[token] = (expires_on, resource)
             self._token_count += 1
@@ -453,6 +464,35 @@ class KeyVaultEmulator:
                 "client_id": query.get("client_id") or SYSTEM_ASSIGNED_CLIENT_ID,
             },
         )
+
+
+def signed_token(key: bytes, *, audience: str, expires_on: int) -> str:
+    """A bearer token naming its audience and expiry, signed with `key`: `<claims>.<signature>`, base64url."""
+    claims = json.dumps({"aud": audience, "exp": expires_on, "jti": secrets.token_hex(8)}, separators=(",", ":"))
+    encoded = _base64url(claims.encode())
+    return f"{encoded}.{_base64url(hmac.new(key, encoded.encode(), hashlib.sha256).digest())}"
+
+
+def verify_signed_token(token: str, *, key: bytes, audience: str, now: float | None = None) -> bool:
+    """Whether `token` was signed with `key` for `audience` (trailing `/` ignored) and has not expired."""
+    encoded, _, signature = token.partition(".")
+    expected = _base64url(hmac.new(key, encoded.encode(), hashlib.sha256).digest())
+    if not hmac.compare_digest(signature.encode(), expected.encode()):
+        return False
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    except ValueError:
+        return False
+    if not isinstance(claims, dict) or not isinstance(claims.get("aud"), str):
+        return False
+    expires_on = claims.get("exp")
+    if not isinstance(expires_on, int) or expires_on <= (time.time() if now is None else now):
+        return False
+    return claims["aud"].rstrip("/") == audience.rstrip("/")
+
+
+def _base64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,9 +1,13 @@
-"""The local stack: Azurite, the Key Vault emulator, the Azure OpenAI simulator and the Functions runner.
+"""The local stack: Azurite, the Key Vault emulator, two Azure OpenAI simulators and the Functions runner.
 
 Each part runs as a child process in a process group of its own, logging to `.devstack/logs/`;
 `LocalStack.stop()` (also on Ctrl-C or SIGTERM) ends every group, and on Linux a child also ends
-when the stack process dies. The simulator's api-key goes to the simulator and the Key Vault
-emulator (`serve`) in their environment, API_KEY_ENV: never on a command line or in a log.
+when the stack process dies. The simulators are two resources of the app (AZURE_OPENAI_RESOURCES):
+`default`, reached with the api-key Key Vault holds, and `keyless`, whose key access is disabled and
+which takes the identity endpoint's tokens for the Cognitive Services audience (`AZURE_OPENAI_AUTH`
+`entra`). Secrets travel only in the environment of the children that need them, never on a command
+line or in a log: the api-key (API_KEY_ENV) to the keyed simulator and the Key Vault emulator, the
+key that signs and checks tokens (TOKEN_SIGNING_KEY_ENV) to the Key Vault emulator and the keyless simulator.
 `make run` is `python -m devstack.stack run`; `enqueue` and `results` talk to the running stack's queues:
 
     python -m devstack.stack run                     # start everything, print URLs and examples
@@ -34,9 +38,11 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient
 
 from devstack._http import serve_until_signalled
-from devstack.keyvault_emulator import KeyVaultEmulator
+from devstack.keyvault_emulator import KeyVaultEmulator, verify_signed_token
 from devstack.openai_sim import FineTuningSimulator
 from devstack.runner import DEFAULT_FUNCTION_KEY, DEFAULT_PORT, FUNCTION_KEY_ENV, development_storage_connection_string
+from shared.entra_token import COGNITIVE_SERVICES_SCOPE
+from shared.settings import AZURE_OPENAI_RESOURCES, DEFAULT_RESOURCE, ENTRA_AUTH
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.environ.get("DEVSTACK_STATE_DIR") or REPO_ROOT / ".devstack")  # logs and stack.json
@@ -47,6 +53,9 @@ AZURITE_DEFAULT_PORT = 10001  # where `UseDevelopmentStorage=true` looks for the
 
 SECRET_NAME = "azure-openai-api-key"
 API_KEY_ENV = "DEVSTACK_API_KEY"  # how the simulator's api-key reaches its two children: never argv, never a log
+TOKEN_SIGNING_KEY_ENV = "DEVSTACK_TOKEN_SIGNING_KEY"  # the identity endpoint signs tokens, the keyless simulator checks
+COGNITIVE_SERVICES_AUDIENCE = COGNITIVE_SERVICES_SCOPE.removesuffix("/.default")  # what entra-mode tokens are for
+KEYLESS_RESOURCE = "keyless"
 SIMULATOR_SERVICE = "openai-sim"
 KEY_VAULT_SERVICE = "keyvault-emulator"
 REQUESTS_QUEUE = "cancel-requests"
@@ -55,6 +64,7 @@ API_VERSION = "2024-10-21"
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 10.0
 SEEDED_JOBS = ("ftjob-local1", "ftjob-local2", "ftjob-local3")
+SEEDED_KEYLESS_JOBS = ("ftjob-keyless1", "ftjob-keyless2", "ftjob-keyless3")
 
 _AZURITE_READY = re.compile(r"successfully listens on (http://\S+)")
 _JSON_READY = r"{} ready (\{{.*\}})"
@@ -300,6 +310,8 @@ class StackInfo:
     results_queue: str
     jobs: list[str] = field(default_factory=list)
     logs: dict[str, str] = field(default_factory=dict)
+    keyless_endpoint: str = ""  # the `keyless` resource's simulator
+    keyless_jobs: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path = STATE_FILE) -> StackInfo:
@@ -323,6 +335,7 @@ class LocalStack:
         azurite_port: int = 0,
         function_key: str = DEFAULT_FUNCTION_KEY,
         jobs: Iterable[str] = (),
+        keyless_jobs: Iterable[str] = (),
         requests_queue: str = REQUESTS_QUEUE,
         results_queue: str = RESULTS_QUEUE,
         log_dir: Path = LOG_DIR,
@@ -334,25 +347,33 @@ class LocalStack:
         self.requests_queue = requests_queue
         self.results_queue = results_queue
         self.jobs = list(jobs)
+        self.keyless_jobs = list(keyless_jobs)
         self.log_dir = log_dir
         self._runner_port = runner_port
         self._report = report
         self.azurite = Azurite(log_path=log_dir / "azurite.log", port=azurite_port)
         serve = [sys.executable, "-u", "-m", "devstack.stack", "serve"]
-        with_key = {**os.environ, API_KEY_ENV: self.api_key}  # only these two children get the key
+        signing_key = secrets.token_hex(32)
         self.key_vault = ChildProcess(
             "Key Vault emulator",
             [*serve, KEY_VAULT_SERVICE, "--workdir", str(self._vault_dir)],
             log_path=log_dir / "keyvault.log",
             ready=re.compile(_JSON_READY.format(KEY_VAULT_SERVICE)),
-            env=with_key,
+            env={**os.environ, API_KEY_ENV: self.api_key, TOKEN_SIGNING_KEY_ENV: signing_key},
         )
         self.simulator = ChildProcess(
             "Azure OpenAI simulator",
-            [*serve, SIMULATOR_SERVICE, *(arg for job in self.jobs for arg in ("--job", job))],
+            [*serve, SIMULATOR_SERVICE, *_job_options(self.jobs)],
             log_path=log_dir / "openai-sim.log",
             ready=re.compile(_JSON_READY.format(SIMULATOR_SERVICE)),
-            env=with_key,
+            env={**os.environ, API_KEY_ENV: self.api_key},
+        )
+        self.keyless_simulator = ChildProcess(
+            "Azure OpenAI simulator (keyless)",
+            [*serve, SIMULATOR_SERVICE, "--key-access-disabled", "--trust-identity", *_job_options(self.keyless_jobs)],
+            log_path=log_dir / "openai-sim-keyless.log",
+            ready=re.compile(_JSON_READY.format(SIMULATOR_SERVICE)),
+            env={**os.environ, TOKEN_SIGNING_KEY_ENV: signing_key},
         )
         self.runner: ChildProcess | None = None
         self.info: StackInfo | None = None
@@ -367,8 +388,8 @@ class LocalStack:
 
     def _start(self) -> StackInfo:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for part in (self.azurite, self.key_vault, self.simulator):
-            part.start()  # all three at once; each is waited for below
+        for part in (self.azurite, self.key_vault, self.simulator, self.keyless_simulator):
+            part.start()  # all four at once; each is waited for below
         started = time.monotonic()
         self.azurite.wait_ready()
         self.azurite.create_queues(self.requests_queue, self.results_queue)
@@ -376,10 +397,13 @@ class LocalStack:
         vault_environ = json.loads(self.key_vault.wait_ready().group(1))
         self._report(f"Key Vault emulator      {vault_environ['KEY_VAULT_URL']}")
         openai_endpoint = json.loads(self.simulator.wait_ready().group(1))["AZURE_OPENAI_ENDPOINT"]
-        self._report(f"Azure OpenAI simulator  {openai_endpoint}")
+        self._report(f"Azure OpenAI simulator  {openai_endpoint}  (resource '{DEFAULT_RESOURCE}', api-key)")
+        keyless_endpoint = json.loads(self.keyless_simulator.wait_ready().group(1))["AZURE_OPENAI_ENDPOINT"]
+        self._report(f"Azure OpenAI simulator  {keyless_endpoint}  (resource '{KEYLESS_RESOURCE}', Entra tokens only)")
         settings = {
             **vault_environ,
             "AZURE_OPENAI_ENDPOINT": openai_endpoint,
+            AZURE_OPENAI_RESOURCES: json.dumps({KEYLESS_RESOURCE: {"endpoint": keyless_endpoint, "auth": ENTRA_AUTH}}),
             "AZURE_OPENAI_KEY_SECRET_NAME": SECRET_NAME,
             "AzureWebJobsStorage": self.azurite.connection_string,
             "CANCEL_REQUESTS_QUEUE": self.requests_queue,
@@ -403,11 +427,14 @@ class LocalStack:
             results_queue=self.results_queue,
             jobs=self.jobs,
             logs={part.name: shown_path(part.log_path) for part in self.parts()},
+            keyless_endpoint=keyless_endpoint,
+            keyless_jobs=self.keyless_jobs,
         )
         return self.info
 
     def parts(self) -> list[Any]:
-        return [part for part in (self.azurite, self.key_vault, self.simulator, self.runner) if part is not None]
+        parts = (self.azurite, self.key_vault, self.simulator, self.keyless_simulator, self.runner)
+        return [part for part in parts if part is not None]
 
     def check_alive(self) -> None:
         """Raise StackError naming a part that stopped on its own."""
@@ -424,12 +451,30 @@ class LocalStack:
         shutil.rmtree(self._vault_dir, ignore_errors=True)
 
 
-# --- the two children that hold the api-key -------------------------------------------------------
+def _job_options(jobs: Iterable[str]) -> list[str]:
+    return [arg for job in jobs for arg in ("--job", job)]
 
 
-def serve_simulator(jobs: Sequence[str]) -> int:
-    """The Azure OpenAI simulator accepting the key of API_KEY_ENV, with `jobs` running; its ready line has no key."""
-    simulator = FineTuningSimulator(api_key=_take_api_key())
+# --- the children that hold a secret ---------------------------------------------------------------
+
+
+def serve_simulator(jobs: Sequence[str], *, key_access_disabled: bool = False, trust_identity: bool = False) -> int:
+    """An Azure OpenAI simulator with `jobs` running; its ready line has no secret.
+
+    Keyed (the default): it accepts the api-key of API_KEY_ENV. `key_access_disabled`: it refuses every
+    api-key, as a resource with `disableLocalAuth` does, and needs no key. `trust_identity`: it accepts
+    bearer tokens the Key Vault emulator's identity endpoint issued for the Cognitive Services audience,
+    checked with the signing key of TOKEN_SIGNING_KEY_ENV.
+    """
+    api_key = secrets.token_hex(16) if key_access_disabled else _take_api_key()  # a key nobody is given
+    verifier = None
+    if trust_identity:
+        signing_key = _take_secret(TOKEN_SIGNING_KEY_ENV).encode()
+
+        def verifier(token: str) -> bool:
+            return verify_signed_token(token, key=signing_key, audience=COGNITIVE_SERVICES_AUDIENCE)
+
+    simulator = FineTuningSimulator(api_key=api_key, key_access_disabled=key_access_disabled, token_verifier=verifier)
     for job_id in jobs:
         simulator.create_job(job_id=job_id, status="running")
     return serve_until_signalled(
@@ -438,18 +483,25 @@ def serve_simulator(jobs: Sequence[str]) -> int:
 
 
 def serve_key_vault(workdir: Path) -> int:
-    """The Key Vault emulator holding the key of API_KEY_ENV as SECRET_NAME; its ready line is its environ()."""
-    emulator = KeyVaultEmulator(workdir=workdir)
+    """The Key Vault emulator holding the key of API_KEY_ENV as SECRET_NAME; its ready line is its environ().
+
+    Its identity endpoint signs tokens with TOKEN_SIGNING_KEY_ENV's key, so the keyless simulator can check them.
+    """
+    emulator = KeyVaultEmulator(workdir=workdir, token_signing_key=_take_secret(TOKEN_SIGNING_KEY_ENV).encode())
     emulator.set_secret(SECRET_NAME, _take_api_key())
     return serve_until_signalled(emulator, KEY_VAULT_SERVICE, emulator.environ)
 
 
 def _take_api_key() -> str:
-    """The key from the environment, removed from it so that nothing this process starts inherits it."""
-    api_key = os.environ.pop(API_KEY_ENV, "")
-    if not api_key:
-        raise SystemExit(f"{API_KEY_ENV} is not set: `python -m devstack.stack run` starts this part with the key")
-    return api_key
+    return _take_secret(API_KEY_ENV)
+
+
+def _take_secret(name: str) -> str:
+    """A secret from the environment, removed from it so that nothing this process starts inherits it."""
+    value = os.environ.pop(name, "")
+    if not value:
+        raise SystemExit(f"{name} is not set: `python -m devstack.stack run` starts this part with it")
+    return value
 
 
 # --- result records --------------------------------------------------------------------------------
@@ -457,7 +509,7 @@ def _take_api_key() -> str:
 
 def format_records(records: Sequence[Mapping[str, Any]]) -> str:
     """Result records as a plain-text table, oldest first."""
-    columns = ("received (UTC)", "trigger", "job id", "outcome", "status", "dequeue", "detail")
+    columns = ("received (UTC)", "trigger", "resource", "job id", "outcome", "status", "dequeue", "detail")
     rows = []
     for record in sorted(records, key=lambda r: r.get("received_at") or ""):
         error = record.get("error") or {}
@@ -468,6 +520,7 @@ def format_records(records: Sequence[Mapping[str, Any]]) -> str:
             (
                 (record.get("received_at") or "")[11:23],
                 record.get("trigger") or "",
+                record.get("resource") or "-",
                 record.get("job_id") or "(none)",
                 record.get("outcome") or "",
                 str(record.get("status_code", "")),
@@ -517,29 +570,52 @@ def _record(content: str) -> dict[str, Any]:
 
 
 def print_usage_examples(info: StackInfo, out: TextIO) -> None:
-    """The URLs and copy-paste examples `make run` prints."""
+    """The URLs and copy-paste examples `make run` prints, for both resources."""
     python = shown_path(Path(sys.executable)) if Path(sys.executable).is_relative_to(REPO_ROOT) else "python"
     job = info.jobs[0] if info.jobs else "ftjob-<id>"
     queued = info.jobs[1] if len(info.jobs) > 1 else job
+    keyless_job = info.keyless_jobs[0] if info.keyless_jobs else "ftjob-<id>"
+    keyless_queued = info.keyless_jobs[1] if len(info.keyless_jobs) > 1 else keyless_job
+    keyless_message = json.dumps({"job_id": keyless_queued, "resource": KEYLESS_RESOURCE})
+    key_header = f"-H 'x-functions-key: {info.function_key}'"
     write = out.write
     write("\nThe local stack is running. Ctrl-C stops all of it.\n\n")
     write(f"  Functions        {info.functions_url}   (function key: {info.function_key})\n")
     write(
         f"  Azurite queues   {info.queue_origin}   (requests: {info.requests_queue}, results: {info.results_queue})\n"
     )
-    write(f"  Azure OpenAI     {info.openai_endpoint}   (simulator; jobs: {', '.join(info.jobs) or 'none'})\n")
+    write(
+        f"  Azure OpenAI     {info.openai_endpoint}   (simulator, resource '{DEFAULT_RESOURCE}', api-key; "
+        f"jobs: {', '.join(info.jobs) or 'none'})\n"
+    )
+    write(
+        f"  Azure OpenAI     {info.keyless_endpoint}   (simulator, resource '{KEYLESS_RESOURCE}', Entra tokens only; "
+        f"jobs: {', '.join(info.keyless_jobs) or 'none'})\n"
+    )
     write(f"  Key Vault        {info.key_vault_url}   (emulator; holds the api-key secret '{SECRET_NAME}')\n")
     write(f"  Logs             {shown_path(LOG_DIR)}/\n\n")
-    write("Cancel a job over HTTP:\n")
+    write(f"Cancel a job over HTTP (resource '{DEFAULT_RESOURCE}'):\n")
+    write(f"  curl -s -X POST {key_header} \\\n       {info.functions_url}/openai/fine_tuning/jobs/{job}/cancel\n\n")
+    write(f"Cancel a job on the resource '{KEYLESS_RESOURCE}' (the app signs in with its identity):\n")
     write(
-        f"  curl -s -X POST -H 'x-functions-key: {info.function_key}' \\\n"
-        f"       {info.functions_url}/openai/fine_tuning/jobs/{job}/cancel\n\n"
+        f"  curl -s -X POST {key_header} \\\n"
+        f"       {info.functions_url}/resources/{KEYLESS_RESOURCE}/openai/fine_tuning/jobs/{keyless_job}/cancel\n\n"
     )
-    write('Enqueue a cancel request (a bare job id, or {"job_id": "...", "correlation_id": "..."}):\n')
+    write('Enqueue a cancel request (a bare job id, or {"job_id": "...", "resource": "...", ...}):\n')
     write(f"  {python} -m devstack.stack enqueue {queued}\n")
+    write(f"  {python} -m devstack.stack enqueue '{keyless_message}'\n")
     write(
         f"  az storage message put --queue-name {info.requests_queue} --content {queued} \\\n"
         f"       --connection-string '{info.storage_connection_string}'\n\n"
+    )
+    write("With ftcancel (docs/cli.md):\n")
+    write(
+        f"  ftcancel cancel --url {info.functions_url} --key {info.function_key} --resource {KEYLESS_RESOURCE} "
+        f"{keyless_job}\n"
+    )
+    write(
+        f"  ftcancel enqueue --connection-string '{info.storage_connection_string}' --queue {info.requests_queue} "
+        f"--resource {KEYLESS_RESOURCE} {keyless_queued}\n\n"
     )
     write("Read the result records (add --drain to take them off the queue):\n")
     write(f"  {python} -m devstack.stack results\n\n")
@@ -552,6 +628,7 @@ def _run(args: argparse.Namespace) -> int:
         azurite_port=args.azurite_port,
         function_key=args.function_key,
         jobs=SEEDED_JOBS,
+        keyless_jobs=SEEDED_KEYLESS_JOBS,
         report=lambda line: print("  " + line, flush=True),
     )
     interrupt_on_signals()
@@ -594,7 +671,9 @@ def ignore_signals() -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     if args.service == SIMULATOR_SERVICE:
-        return serve_simulator(args.job)
+        return serve_simulator(
+            args.job, key_access_disabled=args.key_access_disabled, trust_identity=args.trust_identity
+        )
     return serve_key_vault(args.workdir or Path(tempfile.mkdtemp(prefix="devstack-keyvault-")))
 
 
@@ -641,6 +720,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("service", choices=(SIMULATOR_SERVICE, KEY_VAULT_SERVICE))
     serve.add_argument("--job", action="append", default=[], help="a running job of the simulator")
     serve.add_argument("--workdir", type=Path, help="where the Key Vault emulator writes its CA bundle")
+    serve.add_argument(
+        "--key-access-disabled", action="store_true", help="the simulator refuses every api-key (and needs none)"
+    )
+    serve.add_argument(
+        "--trust-identity",
+        action="store_true",
+        help=f"the simulator accepts the identity endpoint's tokens (signing key in ${TOKEN_SIGNING_KEY_ENV})",
+    )
     results = commands.add_parser("results", help="show the result records of the running stack")
     results.add_argument("--drain", action="store_true", help="take the records off the queue")
     results.add_argument("--json", action="store_true", help="one JSON record per line")

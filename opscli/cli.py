@@ -26,7 +26,7 @@ from opscli.progress import Progress
 from opscli.queues import CONNECTION_STRING_ENV, StorageAccount, StorageQueue, storage_account
 from opscli.results import HOLD_SECONDS, ResultMessage, ResultsReader, peek_records
 from shared.records import InvalidRequest, validate_correlation_id, validate_wait_seconds
-from shared.settings import CANCEL_REQUESTS_QUEUE, CANCEL_RESULTS_QUEUE, SETTING_DEFAULTS
+from shared.settings import CANCEL_REQUESTS_QUEUE, CANCEL_RESULTS_QUEUE, RESOURCE_NAME, SETTING_DEFAULTS
 
 PROG = "ftcancel"
 URL_ENV = "FTCANCEL_URL"
@@ -45,6 +45,7 @@ MAIN_EPILOG = f"""\
 examples:
   ftcancel enqueue --account mystorage ftjob-0f4191f0c59a4256b7a797a3d9eed219
   ftcancel enqueue --account mystorage --file ids.txt --correlation-id ticket-42
+  ftcancel enqueue --account mystorage --resource sweden ftjob-0f4191f0c59a4256b7a797a3d9eed219
   ftcancel results --account mystorage --follow
   ftcancel cancel --url https://myapp.azurewebsites.net/api --key "$KEY" ftjob-abc123 ftjob-def456 --wait 30
 
@@ -55,16 +56,18 @@ Run `ftcancel COMMAND --help` for each command's options.
 {EXIT_CODES}"""
 
 ENQUEUE_EPILOG = f"""\
-Each id becomes one message: the bare id, or {{"job_id": ..., "correlation_id": ..., "wait_seconds": ...}}
-when --correlation-id or --wait is given. Every id is checked first: invalid and repeated ones are
-listed (with their line in --file) before anything is sent; a repeated id is sent once; an invalid
-one stops the command (exit 2, nothing sent) unless --skip-invalid.
+Each id becomes one message: the bare id, or {{"job_id": ..., "resource": ..., "correlation_id": ...,
+"wait_seconds": ...}} when --resource, --correlation-id or --wait is given. Every id is checked
+first: invalid and repeated ones are listed (with their line in --file) before anything is sent;
+a repeated id is sent once; an invalid one stops the command (exit 2, nothing sent) unless
+--skip-invalid.
 
 examples:
   ftcancel enqueue --account mystorage ftjob-0f4191f0c59a4256b7a797a3d9eed219
   ftcancel enqueue --account mystorage --file ids.txt --skip-invalid
   az ... --query '[].id' -o tsv | ftcancel enqueue --account mystorage --file -
   ftcancel enqueue --connection-string UseDevelopmentStorage=true ftjob-local1 --wait 30
+  ftcancel enqueue --account mystorage --resource sweden --file sweden-ids.txt
 
 {EXIT_CODES}"""
 
@@ -90,7 +93,9 @@ examples:
 
 CANCEL_EPILOG = f"""\
 One id is sent to POST {{url}}/openai/fine_tuning/jobs/{{id}}/cancel, several to POST {{url}}/cancel
-(100 ids a request). The function key goes in the x-functions-key header; keep it out of your
+(100 ids a request). With --resource NAME, one id goes to
+POST {{url}}/resources/NAME/openai/fine_tuning/jobs/{{id}}/cancel and several carry "resource": NAME.
+The function key goes in the x-functions-key header; keep it out of your
 shell history with ${FUNCTION_KEY_ENV} (and ${URL_ENV} for --url).
 For one id the printed record is built from the HTTP answer (no attempts or times: the full
 record is on the results queue); for several it is the function's own record.
@@ -99,6 +104,7 @@ examples:
   ftcancel cancel --url https://myapp.azurewebsites.net/api --key "$KEY" ftjob-0f4191f0c59a4256b7a797a3d9eed219
   export {URL_ENV}=https://myapp.azurewebsites.net/api {FUNCTION_KEY_ENV}=...
   ftcancel cancel --file ids.txt --wait 60 --correlation-id ticket-42 --json
+  ftcancel cancel --resource sweden ftjob-0f4191f0c59a4256b7a797a3d9eed219
 
 {EXIT_CODES}"""
 
@@ -149,7 +155,11 @@ def run_enqueue(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
     sent = 0
     try:
         for job_id in job_ids:
-            queue.send(request_message(job_id, correlation_id=args.correlation_id, wait_seconds=args.wait))
+            queue.send(
+                request_message(
+                    job_id, correlation_id=args.correlation_id, wait_seconds=args.wait, resource=args.resource
+                )
+            )
             sent += 1
             progress.advance()
     except (CliError, KeyboardInterrupt) as err:
@@ -171,11 +181,15 @@ def run_enqueue(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
     return EXIT_OK
 
 
-def request_message(job_id: str, *, correlation_id: str | None, wait_seconds: float) -> str:
-    """A message of the request queue: the bare id, or the JSON object when there is more to say (CONTRACT 4)."""
-    if correlation_id is None and not wait_seconds:
+def request_message(
+    job_id: str, *, correlation_id: str | None, wait_seconds: float, resource: str | None = None
+) -> str:
+    """A message of the request queue: the bare id, or the JSON object when there is more to say (CONTRACT 4, 8)."""
+    if correlation_id is None and not wait_seconds and resource is None:
         return job_id
     message: dict[str, object] = {"job_id": job_id}
+    if resource is not None:
+        message["resource"] = resource
     if correlation_id is not None:
         message["correlation_id"] = correlation_id
     if wait_seconds:
@@ -299,9 +313,15 @@ def run_cancel(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     printer = RecordPrinter(stdout, json_lines=args.json)
     try:
         if len(job_ids) == 1:
-            printer.print(app.cancel_one(job_ids[0], wait_seconds=args.wait, correlation_id=args.correlation_id))
+            printer.print(
+                app.cancel_one(
+                    job_ids[0], wait_seconds=args.wait, correlation_id=args.correlation_id, resource=args.resource
+                )
+            )
         else:
-            for records in app.cancel_many(job_ids, wait_seconds=args.wait, correlation_id=args.correlation_id):
+            for records in app.cancel_many(
+                job_ids, wait_seconds=args.wait, correlation_id=args.correlation_id, resource=args.resource
+            ):
                 for record in records:
                     printer.print(record)
     except CliError as err:
@@ -338,6 +358,16 @@ def _checked(validate: Callable[[str], object]) -> Callable[[str], object]:
             raise argparse.ArgumentTypeError(err.message) from err
 
     return convert
+
+
+def _resource_name(text: str) -> str:
+    """--resource: the app's own rule for a resource name (whether the app knows it, only the app can say)."""
+    if not RESOURCE_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a resource name (1 to 40 lower-case letters, digits and '-', "
+            "as in AZURE_OPENAI_RESOURCES)"
+        )
+    return text
 
 
 def _queue_name(text: str) -> str:
@@ -387,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="copied into every result record (at most 128 printable ASCII characters)")
     ids.add_argument("--wait", metavar="SECONDS", type=_checked(validate_command_line_wait), default=0.0,
                      help="after the cancel, wait up to this long (0-120) for each job to reach a final state")
+    ids.add_argument("--resource", metavar="NAME", type=_resource_name,
+                     help="the Azure OpenAI resource of the jobs, a name of the app's AZURE_OPENAI_RESOURCES "
+                          "(default: the app's default resource, AZURE_OPENAI_ENDPOINT)")
 
     parser = argparse.ArgumentParser(
         prog=PROG,

@@ -1,9 +1,11 @@
 """Calling the function app's HTTP routes with a function key (CONTRACT section 3 and the bulk route).
 
-One job goes to `POST {url}/openai/fine_tuning/jobs/{id}/cancel`; several go to `POST {url}/cancel`
-in requests of at most 100 ids. Both give back result records: the bulk route answers with the
-records themselves; for the single route a record is built from the answer (status, body,
-`x-request-id`), without the fields only the results queue's copy has (attempts, times).
+One job goes to `POST {url}/openai/fine_tuning/jobs/{id}/cancel` (or, on a named resource,
+`POST {url}/resources/{name}/openai/fine_tuning/jobs/{id}/cancel`); several go to `POST {url}/cancel`
+in requests of at most 100 ids, with a top-level `"resource"` when one is named. Both give back
+result records: the bulk route answers with the records themselves; for the single route a record
+is built from the answer (status, body, `x-request-id`), without the fields only the results
+queue's copy has (attempts, times).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from urllib.parse import urlsplit
 import requests
 
 from opscli.errors import EXIT_USAGE, CliError, network_reason
-from shared.settings import is_loopback_host
+from shared.settings import DEFAULT_RESOURCE, is_loopback_host
 
 MAX_IDS_PER_REQUEST = 100  # the bulk route's limit
 CONNECT_TIMEOUT_SECONDS = 10
@@ -32,25 +34,32 @@ class FunctionApp:
         self._session = session or requests.Session()
         self._session.headers["x-functions-key"] = function_key
 
-    def cancel_one(self, job_id: str, *, wait_seconds: float, correlation_id: str | None) -> dict[str, Any]:
-        """Cancel one job through the single route; the answer as a record."""
+    def cancel_one(
+        self, job_id: str, *, wait_seconds: float, correlation_id: str | None, resource: str | None = None
+    ) -> dict[str, Any]:
+        """Cancel one job through the single route (on a named resource, its route); the answer as a record."""
+        prefix = f"{self.api_url}/resources/{resource}" if resource is not None else self.api_url
         response = self._post(
-            f"{self.api_url}/openai/fine_tuning/jobs/{job_id}/cancel",
+            f"{prefix}/openai/fine_tuning/jobs/{job_id}/cancel",
             params={"wait_seconds": _number(wait_seconds)} if wait_seconds else None,
             headers={"x-correlation-id": correlation_id} if correlation_id else None,
         )
         body = _json_body(response, self.api_url)
         if not isinstance(body, dict):
             raise CliError(f"the function app answered {response.status_code} with JSON that is not an object")
-        return single_route_record(job_id, response.status_code, body, response.headers, correlation_id)
+        return single_route_record(
+            job_id, response.status_code, body, response.headers, correlation_id, resource=resource or DEFAULT_RESOURCE
+        )
 
     def cancel_many(
-        self, job_ids: Sequence[str], *, wait_seconds: float, correlation_id: str | None
+        self, job_ids: Sequence[str], *, wait_seconds: float, correlation_id: str | None, resource: str | None = None
     ) -> Iterator[list[dict[str, Any]]]:
         """Cancel through the bulk route, 100 ids a request; yields each request's records in input order."""
         for start in range(0, len(job_ids), MAX_IDS_PER_REQUEST):
             chunk = list(job_ids[start : start + MAX_IDS_PER_REQUEST])
             payload: dict[str, Any] = {"job_ids": chunk}
+            if resource is not None:
+                payload["resource"] = resource
             if wait_seconds:
                 payload["wait_seconds"] = _number(wait_seconds)
             if correlation_id:
@@ -101,7 +110,7 @@ def checked_api_url(api_url: str) -> str:
 
 
 def single_route_record(
-    job_id: str, status: int, body: dict[str, Any], headers: Any, correlation_id: str | None
+    job_id: str, status: int, body: dict[str, Any], headers: Any, correlation_id: str | None, *, resource: str
 ) -> dict[str, Any]:
     """The record the single route's answer stands for (CONTRACT section 3's table read backwards)."""
     error = body.get("error") if isinstance(body.get("error"), dict) else None
@@ -116,6 +125,7 @@ def single_route_record(
         outcome = "failed"
     return {
         "job_id": job_id,
+        "resource": resource,
         "outcome": outcome,
         "job": None if error is not None else body,
         "error": error,

@@ -23,6 +23,7 @@ OUTCOME_ORDER = ("cancelled", "already_terminal", "rejected", "failed")
 # (heading, width); the last column takes the rest of the line.
 COLUMNS = (
     ("job id", 38),  # ftjob- and 32 hex digits, as Azure makes them
+    ("resource", 10),  # a name of AZURE_OPENAI_RESOURCES, or default; a longer one stretches its row
     ("outcome", 16),
     ("status", 6),
     ("job status", 10),
@@ -94,6 +95,7 @@ def table_cells(record: Mapping[str, Any]) -> list[str]:
     attempts = record.get("attempts")
     cells = [
         str(record.get("job_id") or "(none)"),
+        str(record.get("resource") or "-"),
         str(record.get("outcome") or "-"),
         str(record.get("status_code") or "-"),
         str(job.get("status") or "-"),

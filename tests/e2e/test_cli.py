@@ -152,8 +152,8 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 def table_rows(text: str) -> dict[str, str]:
     """Job id -> outcome, from a printed results table."""
     lines = text.splitlines()
-    assert lines[0].split()[:4] == ["job", "id", "outcome", "status"], text
-    return {line.split()[0]: line.split()[1] for line in lines[2:]}
+    assert lines[0].split()[:4] == ["job", "id", "resource", "outcome"], text
+    return {line.split()[0]: line.split()[2] for line in lines[2:]}
 
 
 def read_lines(process: subprocess.Popen[str], count: int, *, timeout: float) -> list[str]:
@@ -226,12 +226,12 @@ def test_200_ids_from_a_file_are_checked_enqueued_followed_and_taken_off(
     table = cli.run("results", "--max", "3", *results)
     assert table.returncode == 0
     assert table.stdout.splitlines()[0].split() == [
-        "job", "id", "outcome", "status", "job", "status", "retryable", "attempts", "correlation", "id",
+        "job", "id", "resource", "outcome", "status", "job", "status", "retryable", "attempts", "correlation", "id",
         "completed", "at", "error",
     ]
     rows = table.stdout.splitlines()[2:]
     assert len(rows) == 3
-    assert all(row.split()[1:7] == ["cancelled", "200", "cancelled", "no", "1", "nightly"] for row in rows), rows
+    assert all(row.split()[1:8] == ["default", "cancelled", "200", "cancelled", "no", "1", "nightly"] for row in rows), rows
 
     taken = cli.run("results", "--delete", "--json", *results)
     assert taken.returncode == 0, taken.stderr
@@ -280,6 +280,84 @@ def test_enqueue_sends_a_bare_id_or_a_json_message_and_reads_the_connection_stri
         "ftjob-bare1",
         '{"job_id":"ftjob-detailed2","correlation_id":"ticket-42","wait_seconds":30}',
     ]
+
+
+def test_enqueue_with_a_resource_sends_json_messages_naming_it(cli: Cli, azurite: Azurite):
+    queue = unique_queue_name("requests")
+    azurite.create_queues(queue)
+
+    enqueued = cli.run("enqueue", "ftjob-sweden1", "ftjob-sweden2", "--resource", "sweden", "--queue", queue,
+                       "--connection-string", azurite.connection_string)
+
+    assert enqueued.returncode == 0, enqueued.stderr
+    sent = QueueClient.from_connection_string(azurite.connection_string, queue).peek_messages(max_messages=32)
+    assert [message.content for message in sent] == [
+        '{"job_id":"ftjob-sweden1","resource":"sweden"}',
+        '{"job_id":"ftjob-sweden2","resource":"sweden"}',
+    ]
+
+
+@pytest.mark.parametrize("name", ["Sweden", "north_central", "a" * 41, ""])
+def test_a_resource_name_the_app_would_refuse_stops_the_command_before_anything_is_sent(
+    cli: Cli, azurite: Azurite, name: str
+):
+    queue = unique_queue_name("requests")
+
+    enqueue = cli.run("enqueue", "ftjob-abc1", "--resource", name, "--queue", queue,
+                      "--connection-string", azurite.connection_string)
+    cancel = cli.run("cancel", "ftjob-abc1", "--resource", name, "--url", "http://127.0.0.1:9", "--key", "k")
+
+    for refused in (enqueue, cancel):
+        assert refused.returncode == 2
+        assert f"argument --resource: '{name}' is not a resource name (1 to 40 lower-case letters" in refused.stderr
+    assert message_count(QueueClient.from_connection_string(azurite.connection_string, queue)) == 0
+
+
+def test_cancel_and_results_with_a_resource_reach_that_resource_and_show_it(
+    cli: Cli, start_local_app, simulator: FineTuningSimulator, vault: KeyVaultEmulator
+):
+    with FineTuningSimulator(
+        api_key="never-given", key_access_disabled=True,
+        token_verifier=lambda token: vault.verify_token(token, audience="https://cognitiveservices.azure.com"),
+    ) as keyless:
+        app = start_local_app(AZURE_OPENAI_RESOURCES=json.dumps({"keyless": {"endpoint": keyless.endpoint,
+                                                                              "auth": "entra"}}))
+        jobs = [keyless.create_job(status="running")["id"] for _ in range(3)]
+        function = {"FTCANCEL_URL": app.api_url, "FTCANCEL_FUNCTION_KEY": app.function_key}
+
+        one = cli.run("cancel", jobs[0], "--resource", "keyless", "--json", env=function)
+        several = cli.run("cancel", *jobs[1:], "--resource", "keyless", env=function)
+        shown = cli.run("results", "--max", "3", "--connection-string", app.connection_string,
+                        "--queue", app.results_queue.queue_name)
+
+        assert (one.returncode, several.returncode, shown.returncode) == (0, 0, 0), one.stderr + several.stderr
+        [record] = json_lines(one.stdout)
+        assert (record["job_id"], record["resource"], record["outcome"]) == (jobs[0], "keyless", "cancelled")
+        assert table_rows(several.stdout) == {jobs[1]: "cancelled", jobs[2]: "cancelled"}
+        assert [row.split()[1] for row in several.stdout.splitlines()[2:]] == ["keyless", "keyless"]
+        assert [row.split()[1] for row in shown.stdout.splitlines()[2:]] == ["keyless"] * 3  # the app's records
+        assert [r.path for r in keyless.requests if r.method == "POST"][0] == f"/openai/fine_tuning/jobs/{jobs[0]}/cancel"
+        assert {keyless.job(job)["status"] for job in jobs} == {"cancelled"}
+        assert simulator.requests == []
+
+
+def test_cancel_on_a_resource_the_app_does_not_know_is_refused_by_the_app_and_reaches_no_resource(
+    cli: Cli, start_local_app, simulator: FineTuningSimulator
+):
+    app = start_local_app()
+    jobs = [simulator.create_job(status="running")["id"] for _ in range(2)]
+    function = {"FTCANCEL_URL": app.api_url, "FTCANCEL_FUNCTION_KEY": app.function_key}
+
+    one = cli.run("cancel", jobs[0], "--resource", "nowhere", "--json", env=function)
+    several = cli.run("cancel", *jobs, "--resource", "nowhere", env=function)
+
+    [record] = json_lines(one.stdout)
+    assert (one.returncode, record["outcome"], record["resource"], record["error"]["target"]) == (
+        3, "rejected", "nowhere", "resource"
+    )
+    assert several.returncode == 1
+    assert several.stderr.startswith("ftcancel: the bulk route answered 400: resource 'nowhere' is not one"), several.stderr
+    assert simulator.requests == []
 
 
 def test_follow_with_delete_takes_records_off_and_stops_at_max(

@@ -42,33 +42,35 @@ def python(*args: str, env: dict[str, str] | None = None, **kwargs) -> subproces
     )
 
 
-def test_demo_prints_four_records_stops_everything_and_exits_0(tmp_path: Path):
+LOGS = ["azurite.log", "keyvault.log", "openai-sim-keyless.log", "openai-sim.log", "runner.log"]
+
+
+def test_demo_cancels_on_both_resources_prints_seven_records_stops_everything_and_exits_0(tmp_path: Path):
     demo = python("-m", "devstack.demo", "--log-dir", str(tmp_path / "logs"))
 
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert sorted(table_rows(demo.stdout)) == [
-        ("http", "cancelled"),
-        ("queue", "already_terminal"),
-        ("queue", "cancelled"),
-        ("queue", "rejected"),
+        ("http", "default", "cancelled"),
+        ("http", "keyless", "cancelled"),
+        ("queue", "default", "already_terminal"),
+        ("queue", "default", "cancelled"),
+        ("queue", "default", "rejected"),
+        ("queue", "keyless", "cancelled"),
+        ("queue", "nowhere", "rejected"),  # a resource the app does not know
     ]
-    assert "HTTP 200 OK" in demo.stdout
+    assert demo.stdout.count("HTTP 200 OK") == 2
+    assert "/resources/keyless/openai/fine_tuning/jobs/ftjob-keyless1/cancel" in demo.stdout
     ports = {int(port) for port in _LOOPBACK_PORT.findall(demo.stdout)}
-    assert len(ports) >= 4  # Azurite, Key Vault, simulator, runner
+    assert len(ports) >= 5  # Azurite, Key Vault, two simulators, runner
     assert [port for port in ports if listening(port)] == []
-    assert sorted(path.name for path in (tmp_path / "logs").iterdir()) == [
-        "azurite.log",
-        "keyvault.log",
-        "openai-sim.log",
-        "runner.log",
-    ]
+    assert sorted(path.name for path in (tmp_path / "logs").iterdir()) == LOGS
 
 
-def table_rows(output: str) -> list[tuple[str, str]]:
-    """(trigger, outcome) of each row of the records table the demo prints."""
+def table_rows(output: str) -> list[tuple[str, str, str]]:
+    """(trigger, resource, outcome) of each row of the records table the demo prints."""
     lines = output[output.index("received (UTC)") :].splitlines()[2:]
     rows = [re.split(r"\s{2,}", line) for line in lines[: lines.index("")]]
-    return [(row[1], row[3]) for row in rows]
+    return [(row[1], row[2], row[4]) for row in rows]
 
 
 def start_run(state_dir: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
@@ -85,11 +87,12 @@ def start_run(state_dir: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
     return stack, env
 
 
-def run_printed_curl(printed: str) -> requests.Response:
-    """The HTTP cancel example `make run` printed, as a user pastes it."""
-    curl = re.search(r"curl -s -X POST -H 'x-functions-key: (\S+)' \\\n\s+(\S+)", printed)
-    assert curl, printed
-    return requests.post(curl.group(2), headers={"x-functions-key": curl.group(1)}, timeout=30)
+def run_printed_curl(printed: str, *, which: int = 0) -> requests.Response:
+    """The `which`-th HTTP cancel example `make run` printed, as a user pastes it."""
+    curls = re.findall(r"curl -s -X POST -H 'x-functions-key: (\S+)' \\\n\s+(\S+)", printed)
+    assert len(curls) > which, printed
+    key, url = curls[which]
+    return requests.post(url, headers={"x-functions-key": key}, timeout=30)
 
 
 def test_run_serves_the_printed_examples_until_sigterm(tmp_path: Path):
@@ -98,17 +101,26 @@ def test_run_serves_the_printed_examples_until_sigterm(tmp_path: Path):
         printed = read_until(stack, "Read the result records")
         response = run_printed_curl(printed)
         assert (response.status_code, response.json()["status"]) == (200, "cancelled")
-        enqueue = python("-m", "devstack.stack", "enqueue", "ftjob-local2", env=env)
-        assert enqueue.returncode == 0, enqueue.stderr
+        keyless = run_printed_curl(printed, which=1)
+        assert (keyless.status_code, keyless.json()["id"], keyless.json()["status"]) == (
+            200, "ftjob-keyless1", "cancelled"
+        )
+        printed_enqueues = re.findall(r"-m devstack\.stack enqueue (.+)", printed)
+        assert printed_enqueues == ["ftjob-local2", """'{"job_id": "ftjob-keyless2", "resource": "keyless"}'"""]
+        for message in ("ftjob-local2", printed_enqueues[1].strip("'")):
+            enqueue = python("-m", "devstack.stack", "enqueue", message, env=env)
+            assert enqueue.returncode == 0, enqueue.stderr
         deadline = time.monotonic() + 30
         while True:
             results = python("-m", "devstack.stack", "results", env=env)
             assert results.returncode == 0, results.stderr
-            if "2 record(s)" in results.stdout or time.monotonic() > deadline:
+            if "4 record(s)" in results.stdout or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        assert re.search(r"queue\s+ftjob-local2\s+cancelled", results.stdout), results.stdout
-        assert re.search(r"http\s+ftjob-local1\s+cancelled", results.stdout), results.stdout
+        assert re.search(r"queue\s+default\s+ftjob-local2\s+cancelled", results.stdout), results.stdout
+        assert re.search(r"http\s+default\s+ftjob-local1\s+cancelled", results.stdout), results.stdout
+        assert re.search(r"http\s+keyless\s+ftjob-keyless1\s+cancelled", results.stdout), results.stdout
+        assert re.search(r"queue\s+keyless\s+ftjob-keyless2\s+cancelled", results.stdout), results.stdout
         ports = {int(port) for port in _LOOPBACK_PORT.findall(printed)}
     finally:
         stack.send_signal(signal.SIGTERM)
@@ -130,17 +142,28 @@ def test_run_keeps_the_api_key_out_of_every_command_line_log_and_printed_line(tm
         rest, _ = stack.communicate(timeout=60)
     assert stack.returncode == 0, rest
     # /proc/<pid>/environ is the environment a process started with (readable by its user only, unlike argv)
-    [api_key] = {env.get("DEVSTACK_API_KEY") for argv, env in children.values() if "openai-sim" in argv}
-    assert api_key and len(api_key) == 32
-    holders = sorted(argv[argv.index("serve") + 1] for argv, env in children.values() if api_key in env.values())
-    assert holders == ["keyvault-emulator", "openai-sim"]  # not the runner, not Azurite
-    parts = {"devstack.runner", "azurite-queue", "openai-sim", "keyvault-emulator"}
+    [api_key] = {env["DEVSTACK_API_KEY"] for argv, env in children.values() if "DEVSTACK_API_KEY" in env}
+    [signing_key] = {env[name] for _, env in children.values() for name in env if name == "DEVSTACK_TOKEN_SIGNING_KEY"}
+    assert (len(api_key), len(signing_key)) == (32, 64)
+    assert holders(children, api_key) == ["keyvault-emulator", "openai-sim"]  # not the runner, not Azurite
+    assert holders(children, signing_key) == ["keyvault-emulator", "openai-sim --key-access-disabled"]
+    parts = {"devstack.runner", "azurite-queue", "openai-sim", "keyvault-emulator", "--key-access-disabled"}
     assert {part for argv, _ in children.values() for part in parts if any(part in arg for arg in argv)} == parts
-    assert [argv for argv, _ in children.values() if any(api_key in arg for arg in argv)] == []
     logs = sorted((tmp_path / "logs").iterdir())
-    assert [log.name for log in logs] == ["azurite.log", "keyvault.log", "openai-sim.log", "runner.log"]
-    assert [log.name for log in logs if api_key in log.read_text(errors="replace")] == []
-    assert api_key not in printed + rest + state
+    assert [log.name for log in logs] == LOGS
+    for secret in (api_key, signing_key):
+        assert [argv for argv, _ in children.values() if any(secret in arg for arg in argv)] == []
+        assert [log.name for log in logs if secret in log.read_text(errors="replace")] == []
+        assert secret not in printed + rest + state
+
+
+def holders(children: dict[int, tuple[list[str], dict[str, str]]], secret: str) -> list[str]:
+    """The `serve` children whose environment holds `secret`: the service, and whether its key access is disabled."""
+    return sorted(
+        " ".join([argv[argv.index("serve") + 1], *(flag for flag in argv if flag == "--key-access-disabled")])
+        for argv, env in children.values()
+        if secret in env.values()
+    )
 
 
 def descendants(pid: int) -> list[int]:
