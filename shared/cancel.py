@@ -39,7 +39,7 @@ from shared.records import (
 from shared.results_queue import RecordNotWritten, results_queue
 from shared.resource_client import ResourceClient
 from shared.settings import DEFAULT_RESOURCE, Settings, SettingsError, load_settings
-from shared.upstream import CallTrace, UpstreamClient, UpstreamReply
+from shared.upstream import CallTrace, UpstreamReply
 
 logger = logging.getLogger(__name__)
 
