@@ -36,10 +36,16 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.blob import BlobServiceClient, ContainerClient, LinearRetry
 from azure.storage.queue import QueueClient
 
-from shared.results_queue import CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS, _new_queue_client
+from shared.results_queue import (
+    CONNECT_TIMEOUT_SECONDS,
+    READ_TIMEOUT_SECONDS,
+    SEND_RETRIES,
+    SEND_RETRY_BACKOFF_SECONDS,
+    _new_queue_client,
+)
 from shared.settings import AZURE_WEB_JOBS_STORAGE, StorageConnection
 
 logger = logging.getLogger(__name__)
@@ -221,7 +227,11 @@ def open_guard_store(
 ) -> GuardStore:
     """The guard's store on the app's storage account (AzureWebJobsStorage), and its request queue."""
     requests = _new_queue_client(connection, requests_queue, None)
-    options = {"connection_timeout": CONNECT_TIMEOUT_SECONDS, "read_timeout": READ_TIMEOUT_SECONDS}
+    options = {
+        "retry_policy": LinearRetry(backoff=SEND_RETRY_BACKOFF_SECONDS, random_jitter_range=0, retry_total=SEND_RETRIES),
+        "connection_timeout": CONNECT_TIMEOUT_SECONDS,
+        "read_timeout": READ_TIMEOUT_SECONDS,
+    }
     if connection.connection_string is not None:
         service = BlobServiceClient.from_connection_string(connection.connection_string, **options)
     else:
