@@ -19,7 +19,7 @@ from typing import Any
 
 from shared.answers import HttpAnswer
 from shared.cancel import CancelService, current_service
-from shared.guard_alerts import MAX_ALERT_BYTES, NotABudgetAlert, parse_budget_alert
+from shared.guard_alerts import MAX_ALERT_BYTES, parse_budget_alert
 from shared.guard_listing import JobListing, list_jobs
 from shared.guard_policy import (
     BUDGET_ALERT,
@@ -198,7 +198,7 @@ def budget_alert(body: bytes) -> HttpAnswer:
     """`POST /api/guard/budget-alert`: a budget alert cancels every active job when the policy says so."""
     try:
         alert = parse_budget_alert(body)
-    except NotABudgetAlert as err:
+    except InvalidRequest as err:
         return _invalid(err.message, err.target)
     try:
         service = current_service()
@@ -260,7 +260,7 @@ def _run_answer(run: GuardRun) -> HttpAnswer:
     return HttpAnswer(200 if run.dry_run else 202, strict_json(run.answer()))
 
 
-def _invalid(message: str, target: str | None) -> HttpAnswer:
+def _invalid(message: str, target: str) -> HttpAnswer:
     error = {"code": "invalidPayload", "message": message, "target": target}
     return HttpAnswer(400, strict_json({"error": error}), {"x-should-retry": "false"})
 
