@@ -6,8 +6,10 @@ It holds when it was claimed and the id and pop receipt of the request message s
 job's request is **pending**, and nobody enqueues the job again, while the claim is younger than
 `CLAIM_SECONDS` and its message is still on the request queue, waiting or being handled. The host
 deletes a message only after its handler returned, that is after its record was written (or after
-moving it to the poison queue); so a claim whose message is gone is stale, and the next claimant
-replaces it with `If-Match` on the ETag it read (again exactly one wins).
+moving it to the poison queue); a failed run is released with a new visibility, hence a new pop
+receipt (azure-webjobs-sdk `src/Microsoft.Azure.WebJobs.Extensions.Storage/Queues/QueueProcessor.cs`,
+`CompleteProcessingMessageAsync` and `HandlePoisonMessageAsync`). So a claim whose message is gone is
+stale, and the next claimant replaces it with `If-Match` on the ETag it read (again exactly one wins).
 
 Whether the message is still there is asked with Update Message on the id and pop receipt the send
 returned, with a visibility timeout of 0 (the message stays as visible as it was): 404

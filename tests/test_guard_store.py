@@ -133,6 +133,8 @@ def test_a_request_being_handled_is_still_pending(instance, connection, requests
 
 
 def test_once_the_request_is_handled_and_deleted_the_job_may_be_claimed_again(instance, connection, requests_queue_name):
+    """The host deletes a message once its function succeeded (azure-webjobs-sdk QueueProcessor.cs,
+    `CompleteProcessingMessageAsync`): from then on the claim no longer holds."""
     first, second = instance(), instance()
     job_id = new_job_id()
     first.send_request(first.claim("default", job_id, "guard:budget-alert"), "guard:budget-alert")
