@@ -15,6 +15,7 @@ import azure.functions as func
 from shared.answers import HttpAnswer, bulk_answer, record_answer
 from shared.bulk import cancel_many
 from shared.cancel import cancel_from_http, handle_queue_message, max_dequeue_count, write_records
+from shared.guard import budget_alert, cancel_active
 from shared.health import health
 
 
@@ -107,3 +108,17 @@ def _http_response(answer: HttpAnswer) -> func.HttpResponse:
     return func.HttpResponse(
         answer.body, status_code=answer.status_code, headers=answer.headers, mimetype="application/json"
     )
+
+
+@app.function_name("guard_cancel_active")
+@app.route(route="guard/cancel-active", methods=["POST"])
+def guard_cancel_active(req: func.HttpRequest) -> func.HttpResponse:
+    """POST /api/guard/cancel-active: the kill switch; enqueues a cancel of every active job asked for."""
+    return _http_response(cancel_active(req.get_body()))
+
+
+@app.function_name("guard_budget_alert")
+@app.route(route="guard/budget-alert", methods=["POST"])
+def guard_budget_alert(req: func.HttpRequest) -> func.HttpResponse:
+    """POST /api/guard/budget-alert: an Azure budget alert, acted on as GUARD_POLICY's on_budget_alert says."""
+    return _http_response(budget_alert(req.get_body()))

@@ -293,10 +293,20 @@ class FineTuningSimulator:
     # --- seeding ---------------------------------------------------------------------------
 
     def create_job(
-        self, *, status: str = "running", model: str = DEFAULT_MODEL, job_id: str | None = None
+        self,
+        *,
+        status: str = "running",
+        model: str = DEFAULT_MODEL,
+        job_id: str | None = None,
+        created_at: int | None = None,
+        suffix: str | None = None,
     ) -> dict[str, Any]:
-        """Add a job directly (no HTTP) and return a copy of it."""
-        job = _new_job(job_id=job_id or _new_id("ftjob-"), model=model, training_file=_new_id("file-"), status=status)
+        """Add a job directly (no HTTP) and return a copy of it; `created_at` (epoch seconds) ages it."""
+        job = _new_job(
+            job_id=job_id or _new_id("ftjob-"), model=model, training_file=_new_id("file-"), status=status, suffix=suffix
+        )
+        if created_at is not None:
+            job["created_at"] = created_at
         with self._lock:
             self._jobs[job["id"]] = job
             return json.loads(json.dumps(job))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from urllib.parse import urlencode
 
 from shared.api_key import ApiKeySource
 from shared.entra_token import TokenSource
@@ -40,6 +41,7 @@ class ResourceClient:
                 verify_challenge_resource=settings.verify_challenge_resource,
             )
         self.upstream = UpstreamClient(settings, resource, sleep=sleep)
+        self._collection = _JobCollectionClient(settings, resource, sleep=sleep)
 
     def cancel_job(self, job_id: str, *, deadline: float, trace: CallTrace) -> UpstreamReply:
         """POST .../jobs/{id}/cancel."""
@@ -48,6 +50,15 @@ class ResourceClient:
     def get_job(self, job_id: str, *, deadline: float, trace: CallTrace) -> UpstreamReply:
         """GET .../jobs/{id}."""
         return self._with_credential(lambda auth: self.upstream.get_job(job_id, auth, deadline=deadline, trace=trace))
+
+    def list_jobs_page(
+        self, *, after: str | None, limit: int, deadline: float, trace: CallTrace
+    ) -> UpstreamReply:
+        """GET .../fine_tuning/jobs?limit=&after=: one page of jobs, newest first (the guard pages through them)."""
+        query = "?" + urlencode({"limit": limit, **({"after": after} if after else {})})
+        return self._with_credential(
+            lambda auth: self._collection.send("GET", query, auth, deadline=deadline, trace=trace)
+        )
 
     def _with_credential(self, call: Callable[[Mapping[str, str]], UpstreamReply]) -> UpstreamReply:
         """Make the call; on 401/403 get a fresh api-key (Key Vault) or token and retry once."""
@@ -96,6 +107,18 @@ class ResourceClient:
             f"from Key Vault secret '{self.resource.key_secret_name}': the secret must hold a current "
             f"key of {self.resource.endpoint}"
         )
+
+
+class _JobCollectionClient(UpstreamClient):
+    """The upstream client aimed at the jobs collection itself: `.../fine_tuning/jobs`, with no trailing `/`.
+
+    `UpstreamClient.send` appends its path to `.../jobs/`; the list route has no id after it. Its own
+    session, so a long listing never holds the connections cancels use.
+    """
+
+    def __init__(self, settings: Settings, resource: ResourceSettings, *, sleep: Callable[[float], None]) -> None:
+        super().__init__(settings, resource, sleep=sleep)
+        self._base = self._base.rstrip("/")
 
 
 def _error_code(reply: UpstreamReply) -> object:

@@ -396,3 +396,9 @@ _cache = _SettingsCache()
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """The validated settings of this process; raises `SettingsError` naming a bad setting."""
     return _cache.load(os.environ if environ is None else environ)
+
+
+# The guard (CONTRACT section 8, issue 16). GUARD_POLICY is validated by shared.guard_policy; GUARD_SCHEDULE
+# is the timer trigger's NCRONTAB schedule, which the host reads (`%GUARD_SCHEDULE%`) and the app never does.
+GUARD_POLICY = "GUARD_POLICY"
+GUARD_SCHEDULE = "GUARD_SCHEDULE"

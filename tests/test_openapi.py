@@ -96,7 +96,7 @@ def test_is_a_valid_openapi_3_1_document() -> None:
         ("POST", CANCEL_PATH), ("POST", "/openai/v1/fine_tuning/jobs/{job_id}/cancel"),
         ("POST", "/resources/{resource}" + CANCEL_PATH),
         ("POST", "/resources/{resource}/openai/v1/fine_tuning/jobs/{job_id}/cancel"),
-        ("POST", "/cancel"), ("GET", "/health"),
+        ("POST", "/cancel"), ("GET", "/health"), ("POST", "/guard/cancel-active"), ("POST", "/guard/budget-alert"),
     }
 
 

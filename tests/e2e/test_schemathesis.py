@@ -93,7 +93,8 @@ def test_the_app_answers_as_openapi_yaml_says(case: schemathesis.Case, local_app
         component_validator("ResultRecord").validate(record)
     request_id = response.headers.get("x-request-id", [None])[0]
     reached_the_function = case.method.upper() == case.operation.method.upper() and response.status_code != 401
-    if not reached_the_function or case.path == "/health":
+    # The guard's routes write no record themselves: the cancels they enqueue are recorded by the queue trigger.
+    if not reached_the_function or case.path == "/health" or case.path.startswith("/guard/"):
         assert records == []
     elif case.path != "/cancel" or response.status_code == 400:  # the single-job routes, or a refused bulk body
         [record] = records
