@@ -48,17 +48,37 @@ def test_smoke_run_writes_doc_json_and_chart(tmp_path: Path) -> None:
         "ours >= sdk",
         "ours >= sdk",
         "Key Vault reads: 1 per process per cache period, whatever the concurrency",
-        "cold first cancel no slower than naive",
+        "drain >= 0.9 x concurrency bound, shipped settings",
+        "drain >= 0.85 x R, 0 lost, <= 1.5 calls/message, R=50/s",
+        "cold first cancel no slower than naive, api-key mode, azure.functions preloaded",
+        "cold first cancel no slower than naive, Entra mode, azure.functions preloaded",
     ]
     assert all(isinstance(target["met"], bool) for target in results["targets"])
     cold = results["cold_start"]
-    assert set(cold["runs"]) == {"ours", "naive"}
+    assert set(cold["runs"]) == {"ours", "naive", "ours-entra", "naive-entra"}
     assert "function_app" in [entry["module"] for entry in cold["importtime"]["ours"]["top"]]
+    assert "function_app" in [entry["module"] for entry in cold["importtime"]["ours-entra"]["top"]]
+
+    drain = results["drain"]
+    assert [(run["config"]["threads"], run["config"]["rate_limit"]) for run in drain["runs"]] == [
+        (32, None),
+        (5, None),
+        (32, 50.0),
+    ]
+    for run in drain["runs"]:
+        # Every message drained to one record, its cancel counted upstream; the pool is the one asked for.
+        assert (run["lost"], run["distinct_jobs"]) == (0, run["messages"]), run
+        assert run["pool_threads"] == run["config"]["threads"]
+        assert run["upstream_calls"] >= run["messages"]
+        assert run["messages_per_second"] > 0 and run["bound"] > 0
+        assert 0 <= run["time_in_queue_s"]["p50"] <= run["time_in_queue_s"]["p99"]
+    assert (out / "drain.png").read_bytes().startswith(PNG_SIGNATURE)
 
     assert (out / "throughput.png").read_bytes().startswith(PNG_SIGNATURE)
     text = doc.read_text(encoding="utf-8")
     assert "make bench" in text
-    assert "](bench/throughput.png)" in text and "](bench/results.json)" in text
+    assert "](bench/throughput.png)" in text and "](bench/results.json)" in text and "](bench/drain.png)" in text
+    assert "## Queue drain under latency and throttling" in text
     assert "| **ours** | 1 |" in text
     for profile in results["profiles"].values():
         assert (out / profile["text"]).is_file()
