@@ -66,10 +66,28 @@ def drain_chart(results: dict[str, Any], path: Path) -> None:
     runs = results["drain"]["runs"]
     shipped = runs[0]
     unlimited = [run for run in runs if run["config"]["rate_limit"] is None]
+    def batch(run: dict[str, Any]) -> tuple[int, int]:
+        return run["config"]["batch_size"], run["config"]["new_batch_threshold"]
+
     panels = [
-        ("pool threads (batch 16+8)", [r for r in unlimited if (r["config"]["batch_size"], r["config"]["new_batch_threshold"]) == (16, 8)], lambda r: r["config"]["threads"], lambda r: str(r["config"]["threads"])),
-        ("batchSize+newBatchThreshold (32 threads)", [r for r in unlimited if r["config"]["threads"] == shipped["config"]["threads"]], lambda r: r["config"]["batch_size"] + r["config"]["new_batch_threshold"], lambda r: f"{r['config']['batch_size']}+{r['config']['new_batch_threshold']}"),
-        ("rate limit R, req/s (shipped settings)", [r for r in runs if r["config"]["rate_limit"] is not None] + [shipped], lambda r: r["config"]["rate_limit"] or 1e9, lambda r: f"{r['config']['rate_limit']:g}" if r["config"]["rate_limit"] else "none"),
+        (
+            "pool threads (batch 16+8)",
+            [run for run in unlimited if batch(run) == (16, 8)],
+            lambda run: run["config"]["threads"],
+            lambda run: str(run["config"]["threads"]),
+        ),
+        (
+            "batchSize+newBatchThreshold (32 threads)",
+            [run for run in unlimited if run["config"]["threads"] == shipped["config"]["threads"]],
+            lambda run: sum(batch(run)),
+            lambda run: "{}+{}".format(*batch(run)),
+        ),
+        (
+            "rate limit R, req/s (shipped settings)",
+            [run for run in runs if run["config"]["rate_limit"] is not None] + [shipped],
+            lambda run: run["config"]["rate_limit"] or float("inf"),
+            lambda run: f"{run['config']['rate_limit']:g}" if run["config"]["rate_limit"] else "none",
+        ),
     ]
     figure, axes_row = plt.subplots(1, 3, figsize=(12, 4.2), dpi=110, sharey=True)
     for axes, (title, chosen, key, label) in zip(axes_row, panels):
@@ -78,8 +96,14 @@ def drain_chart(results: dict[str, Any], path: Path) -> None:
         axes.plot(positions, [r["bound"] for r in chosen], "--", color="#888888", marker="_", label="bound")
         axes.plot(positions, [r["messages_per_second"] for r in chosen], "-o", color=COLOURS[0], label="drain rate")
         for x, r in zip(positions, chosen):
-            axes.annotate(f"{r['messages_per_second']:.0f}", (x, r["messages_per_second"]), xytext=(0, -12),
-                          textcoords="offset points", ha="center", fontsize=8)
+            axes.annotate(
+                f"{r['messages_per_second']:.0f}",
+                (x, r["messages_per_second"]),
+                xytext=(0, -12),
+                textcoords="offset points",
+                ha="center",
+                fontsize=8,
+            )
         axes.set_xticks(list(positions), [label(r) for r in chosen])
         axes.set_xlabel(title, fontsize=9)
         axes.spines[["top", "right"]].set_visible(False)

@@ -140,8 +140,9 @@ def _read_records(queue: Any) -> list[dict[str, Any]]:
     """Every record on the results queue (each message hidden once read, so each is read once)."""
     records = []
     while True:
-        page = list(queue.receive_messages(messages_per_page=32, max_messages=32,
-                                           visibility_timeout=RECEIVE_VISIBILITY_SECONDS))
+        page = list(
+            queue.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=RECEIVE_VISIBILITY_SECONDS)
+        )
         if not page:
             return records
         records.extend(json.loads(message.content) for message in page)

@@ -77,7 +77,9 @@ class Plan:
             return replace(config, messages=max(self.drain_min_messages, int(bound * self.drain_seconds_per_run)))
 
         configs = [shipped]
-        configs += [sized(f"{threads} threads, 16+8", threads=threads) for threads in self.drain_threads if threads != 32]
+        configs += [
+            sized(f"{threads} threads, 16+8", threads=threads) for threads in self.drain_threads if threads != 32
+        ]
         configs += [
             sized(f"32 threads, {batch}+{threshold}", batch_size=batch, new_batch_threshold=threshold)
             for batch, threshold in self.drain_batches
@@ -237,7 +239,9 @@ class Bench:
         latency = latency_from_milliseconds(self.plan.drain_median_ms)
         assert latency is not None
         configs = self.plan.drain_configs(latency.mean)
-        runs = drain_runs(configs, simulator=self.backends.local_simulator, latency=latency, run_child=self.drain_child, log=log)
+        runs = drain_runs(
+            configs, simulator=self.backends.local_simulator, latency=latency, run_child=self.drain_child, log=log
+        )
         return {"latency": asdict(latency), "mean_latency_ms": latency.mean * 1000, "runs": runs}
 
     def profiles(self, out: Path) -> dict[str, Any]:

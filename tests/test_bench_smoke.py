@@ -1,16 +1,24 @@
 """`make bench` cannot rot: a tiny run of it writes the doc, the JSON and the chart.
 
 `python -m bench.run --smoke` runs every case a few dozen cancels against the simulator in its
-own process. The test checks what the results say (every cancel succeeded, Key Vault reads,
-every target judged, the files a reader opens), never how fast anything was.
+own process, drains a few dozen queue messages through the local runner, and starts cold in
+both auth modes. The test checks what the results say (every cancel succeeded, Key Vault reads,
+every message drained to one record, every target judged, the files a reader opens), never how
+fast anything was. Below it, the simulator's benchmark knobs: latency and the rate limit.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import requests
+
+from devstack.openai_sim import FineTuningSimulator, Latency, RateLimit, latency_from_milliseconds
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -82,3 +90,61 @@ def test_smoke_run_writes_doc_json_and_chart(tmp_path: Path) -> None:
     assert "| **ours** | 1 |" in text
     for profile in results["profiles"].values():
         assert (out / profile["text"]).is_file()
+
+
+# --- the simulator's benchmark knobs ------------------------------------------------------------
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "steps"),
+    [
+        # A full bucket passes `burst` requests at once, then tells the next when a token is due.
+        (10.0, 2, [(0.0, None), (0.0, None), (0.0, 0.1)]),
+        # Refused requests take no token: each is told the same wait.
+        (10.0, 1, [(0.0, None), (0.0, 0.1), (0.0, 0.1)]),
+        # After 1/8 s half a token has come back: the wait is the other half; after 1/4 s a request passes.
+        (4.0, 1, [(0.0, None), (0.125, 0.125), (0.125, None)]),
+        # The bucket refills at `rate` but never beyond `burst`.
+        (4.0, 2, [(0.0, None), (0.0, None), (10.0, None), (0.0, None), (0.0, 0.25)]),
+    ],
+)
+def test_rate_limit_is_a_token_bucket(rate: float, burst: int, steps: list[tuple[float, float | None]]) -> None:
+    clock = FakeClock()
+    bucket = RateLimit(rate, burst=burst, clock=clock)
+    waits = []
+    for advance, _ in steps:
+        clock.now += advance
+        waits.append(bucket.take())
+    assert waits == pytest.approx([wait for _, wait in steps])
+
+
+def test_latency_has_the_median_asked_for_and_a_long_tail() -> None:
+    latency = latency_from_milliseconds(150)
+    assert latency == Latency(fixed=0.05, median=0.15, sigma=0.5)
+    rand = random.Random(3)
+    draws = sorted(latency.draw(rand) for _ in range(4001))
+    assert min(draws) >= latency.fixed
+    assert draws[2000] == pytest.approx(0.150, rel=0.05)
+    assert draws[3960] > 2 * draws[2000]  # p99 beyond twice the median: the long tail
+    assert sum(draws) / len(draws) == pytest.approx(latency.mean, rel=0.05)
+    assert latency_from_milliseconds(0) is None
+
+
+def test_a_throttled_request_gets_429_with_retry_after_ms() -> None:
+    with FineTuningSimulator(api_key="k", rate_limit=RateLimit(0.5, burst=1)) as simulator:
+        job = simulator.create_job()
+        url = f"{simulator.endpoint}/openai/fine_tuning/jobs/{job['id']}?api-version=2024-10-21"
+        first, second = requests.get(url, headers={"api-key": "k"}), requests.get(url, headers={"api-key": "k"})
+    assert first.status_code == 200
+    assert second.status_code == 429
+    assert 1 <= int(second.headers["retry-after-ms"]) <= 2000
+    assert second.headers["retry-after"] in {"1", "2"}
+    assert second.json()["error"]["code"] == "429"
+    assert simulator.counts[("GET", "get")] == 2
