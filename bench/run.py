@@ -33,6 +33,7 @@ from bench.drain import DrainConfig, drain_runs
 from devstack.openai_sim import latency_from_milliseconds
 
 WORKER_TIMEOUT_SECONDS = 300
+DRAIN_SLOWEST_RATE = 5.0  # messages/s: a drain child gets WORKER_TIMEOUT_SECONDS plus its messages at this rate
 THROUGHPUT_CASES = tuple(case for case in CASES if case != "naive-entra")  # that one only starts cold (Entra mode)
 
 
@@ -140,7 +141,9 @@ class Bench:
         path.write_text(json.dumps({"warmup": ids[:warmup], "timed": ids[warmup:]}), encoding="utf-8")
         return path
 
-    def worker(self, module: str, *args: str, **environ: str) -> dict[str, Any]:
+    def worker(
+        self, module: str, *args: str, timeout: float = WORKER_TIMEOUT_SECONDS, **environ: str
+    ) -> dict[str, Any]:
         """Run `python -m module args` with the app settings; its last stdout line as JSON."""
         try:
             completed = subprocess.run(
@@ -150,10 +153,10 @@ class Bench:
                 env=self.backends.child_environ(**environ),
                 capture_output=True,
                 text=True,
-                timeout=WORKER_TIMEOUT_SECONDS,
+                timeout=timeout,
             )
         except subprocess.TimeoutExpired as err:
-            raise BenchError(f"{module} {' '.join(args)} took over {WORKER_TIMEOUT_SECONDS} s") from err
+            raise BenchError(f"{module} {' '.join(args)} took over {timeout:.0f} s") from err
         if completed.returncode != 0:
             raise BenchError(f"{module} {' '.join(args)} failed:\n{completed.stderr[-3000:]}")
         return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -231,6 +234,7 @@ class Bench:
             json.dumps(asdict(config)),
             "--jobs",
             str(jobs),
+            timeout=WORKER_TIMEOUT_SECONDS + config.messages / DRAIN_SLOWEST_RATE,
             AZURE_OPENAI_ENDPOINT=self.backends.local_simulator.endpoint,
         )
 
