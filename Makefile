@@ -48,10 +48,11 @@ run: install $(NPM_STAMP)
 demo: install $(NPM_STAMP)
 	@$(PY) -m devstack.demo
 
-# The cancel path against raw HTTP, the openai SDK and a naive script (5 to 8 minutes on 2 cores):
-# writes docs/benchmarks.md, docs/bench/results.json and docs/bench/throughput.png. A smoke run is in make test.
+# The cancel path against raw HTTP, the openai SDK and a naive script, a queue drain through the local runner
+# under simulated latency and rate limits, and cold starts in both auth modes (about 15 minutes on 2 cores):
+# writes docs/benchmarks.md and docs/bench/ (results.json, throughput.png, drain.png). A smoke run is in make test.
 .PHONY: bench
-bench: install
+bench: install $(NPM_STAMP)
 	$(PY) -m bench.run
 
 # The chaos run (docs/reliability.md): 5,000 messages through the local stack while upstream fails a third

@@ -5,6 +5,9 @@ records the app writes (one queue message per cancel, as in Azure). The Key Vaul
 emulator (and its managed-identity endpoint) serves from threads of the benchmark's own
 process, which only waits while a case's worker process runs, so its read counter can be
 asked directly. `child_environ()` is the app settings of CONTRACT section 1 pointed at both.
+A second simulator serves from threads of this process too (`local_simulator`): the drain runs and
+cold starts, which need its latency and rate-limit knobs, its counters and Entra token checks, and
+whose own time is spent asleep rather than on the CPU.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from typing import Self
 from bench import load
 from devstack._http import read_ready_line
 from devstack.keyvault_emulator import KeyVaultEmulator
+from devstack.openai_sim import FineTuningSimulator
 from devstack.stack import Azurite
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key-6a1f0d93c2e84b7e9f51a3c7d2b8e046"
 SECRET_NAME = "azure-openai-api-key"
+COGNITIVE_SERVICES_AUDIENCE = "https://cognitiveservices.azure.com"  # the audience of Entra tokens for Azure OpenAI
 # Variables that would send loopback traffic elsewhere or pick another identity.
 _DROPPED = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME", "MSI_ENDPOINT", "MSI_SECRET")
 _PROXIES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
@@ -36,6 +41,11 @@ class Backends:
         self._simulator: subprocess.Popen[str] | None = None
         self.vault = KeyVaultEmulator(workdir=workdir / "vault")
         self.azurite = Azurite(log_path=workdir / "azurite.log")
+        self.local_simulator = FineTuningSimulator(
+            api_key=API_KEY,
+            record_requests=False,
+            token_verifier=lambda token: self.vault.verify_token(token, audience=COGNITIVE_SERVICES_AUDIENCE),
+        )
         self.endpoint = ""
         self.port = 0
 
@@ -51,6 +61,7 @@ class Backends:
             ready = read_ready_line(self._simulator.stdout, "openai-sim", timeout=30)
             self.endpoint, self.port = ready["AZURE_OPENAI_ENDPOINT"], int(ready["port"])
             self.vault.start()
+            self.local_simulator.start()
             self.vault.set_secret(SECRET_NAME, API_KEY)
             self.azurite.start().wait_ready()
         except BaseException:
@@ -60,6 +71,7 @@ class Backends:
 
     def __exit__(self, *exc: object) -> None:
         self.vault.stop()
+        self.local_simulator.stop()
         self.azurite.stop()
         if self._simulator is not None and self._simulator.poll() is None:
             self._simulator.terminate()

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 API_VERSION = "2024-10-21"
 CANCEL_ROUTE = "openai/fine_tuning/jobs/{job_id}/cancel"
 DEFAULT_SECRET_NAME = "azure-openai-api-key"
+COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
 
 Cancel = Callable[[str], None]
 
@@ -189,12 +190,39 @@ class NaiveScript:
         return cancel
 
 
+class NaiveEntraScript:
+    """The naive script without a key: a new `DefaultAzureCredential` and token, then `requests.post`, per cancel."""
+
+    def __init__(self) -> None:
+        import requests
+        from azure.identity import DefaultAzureCredential
+
+        self._post = requests.post
+        self._credential = DefaultAzureCredential
+        self._jobs_url = _endpoint() + "/openai/fine_tuning/jobs/"
+
+    def thread_cancel(self) -> Cancel:
+        def cancel(job_id: str) -> None:
+            token = self._credential().get_token(COGNITIVE_SERVICES_SCOPE).token
+            response = self._post(
+                f"{self._jobs_url}{job_id}/cancel",
+                params={"api-version": API_VERSION},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            if response.status_code != 200:
+                raise CancelFailed(f"naive-entra: HTTP {response.status_code}")
+            _check_job(response.json(), "naive-entra")
+
+        return cancel
+
+
 CASES: dict[str, Callable[[], Case]] = {
     "raw": RawRequests,
     "ours": OursHandler,
     "ours-service": OursService,
     "sdk": OpenAISdk,
     "naive": NaiveScript,
+    "naive-entra": NaiveEntraScript,
 }
 
 DESCRIPTIONS = {
@@ -203,6 +231,7 @@ DESCRIPTIONS = {
     "ours-service": "`shared.cancel.current_service().cancel(...)` alone: no trigger, no response or record JSON",
     "sdk": "`AzureOpenAI(...).fine_tuning.jobs.cancel`, one client shared by all threads, key read once",
     "naive": "per cancel: new `DefaultAzureCredential`, new `SecretClient`, `get_secret`, `requests.post`",
+    "naive-entra": "per cancel: new `DefaultAzureCredential`, `get_token` for Cognitive Services, `requests.post`",
 }
 
 

@@ -1,4 +1,4 @@
-"""The throughput chart of docs/benchmarks.md: median cancels/s per case and concurrency (matplotlib)."""
+"""The charts of docs/benchmarks.md: cancels/s per case and concurrency, and queue drain rates (matplotlib)."""
 
 from __future__ import annotations
 
@@ -58,4 +58,62 @@ def throughput_chart(results: dict[str, Any], path: Path) -> None:
     axes.set_ylim(0, max(cell["cancels_per_second_max"] for row in summary.values() for cell in row.values()) * 1.15)
     figure.tight_layout()
     figure.savefig(path, metadata={"Software": None})  # no version stamp: the file changes only with the figures
+    plt.close(figure)
+
+
+def drain_chart(results: dict[str, Any], path: Path) -> None:
+    """Drain rate against its bound: by pool size, by batch settings, and by rate limit R."""
+    runs = results["drain"]["runs"]
+    shipped = runs[0]
+    unlimited = [run for run in runs if run["config"]["rate_limit"] is None]
+    def batch(run: dict[str, Any]) -> tuple[int, int]:
+        return run["config"]["batch_size"], run["config"]["new_batch_threshold"]
+
+    panels = [
+        (
+            "pool threads (batch 16+8)",
+            [run for run in unlimited if batch(run) == (16, 8)],
+            lambda run: run["config"]["threads"],
+            lambda run: str(run["config"]["threads"]),
+        ),
+        (
+            "batchSize+newBatchThreshold (32 threads)",
+            [run for run in unlimited if run["config"]["threads"] == shipped["config"]["threads"]],
+            lambda run: sum(batch(run)),
+            lambda run: "{}+{}".format(*batch(run)),
+        ),
+        (
+            "rate limit R, req/s (shipped settings)",
+            [run for run in runs if run["config"]["rate_limit"] is not None] + [shipped],
+            lambda run: run["config"]["rate_limit"] or float("inf"),
+            lambda run: f"{run['config']['rate_limit']:g}" if run["config"]["rate_limit"] else "none",
+        ),
+    ]
+    figure, axes_row = plt.subplots(1, 3, figsize=(12, 4.2), dpi=110, sharey=True)
+    for axes, (title, chosen, key, label) in zip(axes_row, panels):
+        chosen = sorted(chosen, key=key)
+        positions = range(len(chosen))
+        axes.plot(positions, [r["bound"] for r in chosen], "--", color="#888888", marker="_", label="bound")
+        axes.plot(positions, [r["messages_per_second"] for r in chosen], "-o", color=COLOURS[0], label="drain rate")
+        for x, r in zip(positions, chosen):
+            axes.annotate(
+                f"{r['messages_per_second']:.0f}",
+                (x, r["messages_per_second"]),
+                xytext=(0, -12),
+                textcoords="offset points",
+                ha="center",
+                fontsize=8,
+            )
+        axes.set_xticks(list(positions), [label(r) for r in chosen])
+        axes.set_xlabel(title, fontsize=9)
+        axes.spines[["top", "right"]].set_visible(False)
+    axes_row[0].set_ylabel("messages per second")
+    axes_row[0].legend(loc="upper left", fontsize=8)
+    figure.suptitle(
+        f"Queue drain through the local runner, upstream mean latency {results['drain']['mean_latency_ms']:.0f} ms; "
+        f"{results['machine']['cores']} cores shared by runner, Azurite and simulator",
+        fontsize=10,
+    )
+    figure.tight_layout()
+    figure.savefig(path, metadata={"Software": None})
     plt.close(figure)

@@ -1,8 +1,10 @@
 """Cold start: a fresh process's first cancel, ours against the naive script, and where imports go.
 
-Each sample is a new interpreter, `python -m bench.first_cancel ours|naive JOB_ID`, which sets
+Each sample is a new interpreter, `python -m bench.first_cancel CASE JOB_ID`, which sets
 its case up (ours: import `function_app` and index it as the host does; naive: import requests,
 azure-identity and azure-keyvault-secrets) and makes one cancel (token, Key Vault, upstream).
+Both auth modes are measured: api-key (ours with the key from Key Vault against `naive`) and
+Entra (ours with `AZURE_OPENAI_AUTH=entra` against `naive-entra`, a token per cancel, no Key Vault).
 Times come from CLOCK_MONOTONIC, which parent and child share, so interpreter start-up counts too.
 The import breakdown is one more run of each under `python -X importtime`.
 """
@@ -18,7 +20,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-KINDS = ("ours", "naive")
+# variant name -> (bench.cases case, auth mode); the mode is AZURE_OPENAI_AUTH of the child's environment.
+VARIANTS = {
+    "ours": ("ours", "api-key"),
+    "naive": ("naive", "api-key"),
+    "ours-entra": ("ours", "entra"),
+    "naive-entra": ("naive-entra", "entra"),
+}
 IMPORTTIME_TOP = 8  # top-level imports listed per kind
 
 
@@ -92,25 +100,30 @@ def measure(
     importtime_samples: int,
     log: Any = print,
 ) -> dict[str, Any]:
-    """`samples` cold starts of each kind, alternating, then `importtime_samples` import breakdowns each."""
-    runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
+    """`samples` cold starts of each variant, order alternating, then `importtime_samples` breakdowns each."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
     jobs = iter(job_ids)
+    names = list(VARIANTS)
     for index in range(samples):
-        for kind in KINDS if index % 2 == 0 else KINDS[::-1]:
-            runs[kind].append(run_child(kind, next(jobs), environ, repo))
+        for name in names if index % 2 == 0 else names[::-1]:
+            case, mode = VARIANTS[name]
+            runs[name].append(run_child(case, next(jobs), {**environ, "AZURE_OPENAI_AUTH": mode}, repo))
         log(
-            f"  cold start {index + 1}/{samples}: ours {runs['ours'][-1]['total'] * 1000:.0f} ms, "
-            f"naive {runs['naive'][-1]['total'] * 1000:.0f} ms"
+            f"  cold start {index + 1}/{samples}: "
+            + ", ".join(f"{name} {runs[name][-1]['total'] * 1000:.0f} ms" for name in names)
         )
     return {
         "samples": samples,
+        "variants": {name: {"case": case, "auth": mode} for name, (case, mode) in VARIANTS.items()},
         "runs": runs,
         "importtime": {
-            kind: import_breakdown(kind, [next(jobs) for _ in range(importtime_samples)], environ, repo)
-            for kind in KINDS
+            name: import_breakdown(
+                case, [next(jobs) for _ in range(importtime_samples)], {**environ, "AZURE_OPENAI_AUTH": mode}, repo
+            )
+            for name, (case, mode) in VARIANTS.items()
         },
     }
 
 
 def jobs_needed(samples: int, importtime_samples: int) -> int:
-    return (samples + importtime_samples) * len(KINDS)
+    return (samples + importtime_samples) * len(VARIANTS)

@@ -5,13 +5,16 @@ Azure (gateway 401/404 bodies, `apim-request-id`/`x-request-id`/`x-ms-region` he
 FineTuningJob and ErrorResponse bodies valid for `devstack/fine_tuning_schema.json`, and for the
 upstream spec where the tests can find it) and can fail on purpose: scripted faults
 for the next N matching requests (`fail_next`) or random ones for chaos runs
-(`set_fault_rate`). Run standalone with `python -m devstack.openai_sim --port N --api-key K`.
+(`set_fault_rate`). For benchmarks it can answer slowly, a fixed part plus a long-tailed random part
+(`Latency`), and throttle the resource with 429 and `retry-after-ms` once a token bucket of requests
+runs dry (`RateLimit`). Run standalone with `python -m devstack.openai_sim --port N --api-key K`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import secrets
 import sys
@@ -151,6 +154,70 @@ class Fault:
         )
 
 
+@dataclass(frozen=True)
+class Latency:
+    """How long an answer takes, in seconds: `fixed` plus a lognormal part, so that the median is `median`.
+
+    The lognormal part (median `median - fixed`, shape `sigma`) gives the long tail a real service has.
+    """
+
+    fixed: float = 0.0
+    median: float = 0.0
+    sigma: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fixed <= self.median or self.sigma < 0:
+            raise ValueError("latency needs 0 <= fixed <= median and sigma >= 0")
+
+    @property
+    def mean(self) -> float:
+        """The expected answer time: fixed plus the lognormal part's mean."""
+        return self.fixed + (self.median - self.fixed) * math.exp(self.sigma**2 / 2)
+
+    def draw(self, rand: random.Random) -> float:
+        """One answer's time."""
+        spread = self.median - self.fixed
+        return self.fixed + (rand.lognormvariate(math.log(spread), self.sigma) if spread > 0 else 0.0)
+
+
+class RateLimit:
+    """A per-resource request limit: a token bucket of `burst` tokens refilled at `rate` a second.
+
+    A request that finds no token is refused with 429 and told, in `retry-after-ms`, when the next
+    token is due; refused requests take no token, so every client told the same wait races again.
+    """
+
+    def __init__(self, rate: float, *, burst: float | None = None, clock: Callable[[], float] = time.monotonic):
+        if rate <= 0 or (burst is not None and burst < 1):
+            raise ValueError("a rate limit needs rate > 0 and burst >= 1")
+        self.rate = rate
+        self.burst = burst if burst is not None else max(1.0, rate)  # a second's worth, like a per-second limit
+        self._clock = clock
+        self._tokens = self.burst
+        self._refilled = clock()
+        self._lock = threading.Lock()
+
+    def take(self) -> float | None:
+        """Take a token: None when the request may pass, else the seconds until a token is due."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.rate)
+            self._refilled = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return None
+            return (1.0 - self._tokens) / self.rate
+
+
+def throttled_response_headers(wait: float) -> dict[str, str]:
+    """Azure OpenAI's 429 advice: `retry-after-ms`, and `retry-after` in whole seconds (at least 1)."""
+    milliseconds = max(1, math.ceil(wait * 1000))
+    return {"retry-after-ms": str(milliseconds), "retry-after": str(max(1, math.ceil(wait)))}
+
+
+THROTTLED_MESSAGE = "Requests to the fine-tuning API have exceeded the rate limit of your resource. Please retry later."
+
+
 def _random_fault(kind: str, timeout_delay: float) -> Fault:
     """Build the fault for one of FAULT_KINDS."""
     if kind == "429":
@@ -238,6 +305,9 @@ class FineTuningSimulator:
         cancel_delay: float = 0.0,
         key_access_disabled: bool = False,
         token_verifier: Callable[[str], bool] | None = None,
+        latency: Latency | None = None,
+        rate_limit: RateLimit | None = None,
+        seed: int | None = None,
     ) -> None:
         self.api_key = api_key
         # A resource with key access disabled refuses every api-key, as Azure does, and takes bearer
@@ -259,6 +329,10 @@ class FineTuningSimulator:
         self._timeout_delay = 2.0
         self._requests: list[RequestRecord] = []
         self._counts: Counter[tuple[str, str]] = Counter()
+        # Benchmark knobs: each answer's time, and the resource's request limit (None: off).
+        self.latency = latency
+        self.rate_limit = rate_limit
+        self._latency_random = random.Random(seed)
         self._server = EmulatorServer((host, port), AppHandler, app=self.handle)
         self._runner = BackgroundServer(self._server, "openai-sim")
         self.host = host
@@ -450,17 +524,37 @@ class FineTuningSimulator:
         query = dict(parse_qsl(raw_query)) if raw_query else {}
         path = unquote(raw_path)
         kind, job_id = _route(method, path)
-        response: _Response | None = None
-        fault = self._take_fault(method, path)
-        if fault is not None:
-            response = self._fault_response(handler, fault)
+        response = self._throttled()
         if response is None:
-            response = self._serve(handler, method, kind, job_id, query, body)
+            fault = self._take_fault(method, path)
+            if fault is not None:
+                response = self._fault_response(handler, fault)
+            if response is None:
+                response = self._serve(handler, method, kind, job_id, query, body)
+            if self._wait_latency(handler):
+                response = _DROP  # stopped while answering: the connection goes away unanswered
         self._record(handler, method, path, query, kind, response.status)
         if response.status == 0:
             handler.drop_connection()
         else:
             handler.send_raw(response.status, response.body, response.headers, response.content_type)
+
+    def _throttled(self) -> _Response | None:
+        """The 429 for a request over the resource's rate limit (answered at once, as the gateway does), or None."""
+        limit = self.rate_limit
+        wait = limit.take() if limit is not None else None
+        if wait is None:
+            return None
+        return self._json(429, _error("429", THROTTLED_MESSAGE), throttled_response_headers(wait))
+
+    def _wait_latency(self, handler: QuietHandler) -> bool:
+        """Sleep this answer's latency on the connection's own thread; True if the server stopped meanwhile."""
+        latency = self.latency
+        if latency is None:
+            return False
+        with self._lock:
+            delay = latency.draw(self._latency_random)
+        return handler.server.stopping.wait(delay)
 
     def _record(
         self, handler: QuietHandler, method: str, path: str, query: dict[str, str], kind: str, status: int
@@ -648,6 +742,14 @@ def _route(method: str, path: str) -> tuple[str, str]:
     return "unknown", ""
 
 
+def latency_from_milliseconds(median_ms: float, fixed_ms: float | None = None, sigma: float = 0.5) -> Latency | None:
+    """A Latency from milliseconds, the fixed part a third of the median unless given; None for a median of 0."""
+    if median_ms <= 0:
+        return None
+    fixed = median_ms / 3 if fixed_ms is None else fixed_ms
+    return Latency(fixed=fixed / 1000, median=median_ms / 1000, sigma=sigma)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the simulator until SIGINT/SIGTERM, printing one ready line with its endpoint as JSON."""
     parser = argparse.ArgumentParser(prog="python -m devstack.openai_sim", description=__doc__)
@@ -658,9 +760,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--job", action="append", default=[], metavar="ID[=STATUS]", help="seed a job (default status: running)"
     )
     parser.add_argument("--no-request-log", action="store_true", help="do not keep a request log (benchmarks)")
+    parser.add_argument("--latency-median-ms", type=float, default=0.0, help="median answer time (default 0: at once)")
+    parser.add_argument("--latency-fixed-ms", type=float, default=None, help="fixed part of it (default: a third)")
+    parser.add_argument("--latency-sigma", type=float, default=0.5, help="lognormal shape of the rest (default 0.5)")
+    parser.add_argument("--rate-limit", type=float, default=None, metavar="PER_SECOND", help="requests/s, then 429")
+    parser.add_argument("--rate-burst", type=float, default=None, help="token bucket size (default: a second's worth)")
     args = parser.parse_args(argv)
     api_key = args.api_key or secrets.token_hex(16)
-    sim = FineTuningSimulator(api_key=api_key, host=args.host, port=args.port, record_requests=not args.no_request_log)
+    sim = FineTuningSimulator(
+        api_key=api_key,
+        host=args.host,
+        port=args.port,
+        record_requests=not args.no_request_log,
+        latency=latency_from_milliseconds(args.latency_median_ms, args.latency_fixed_ms, args.latency_sigma),
+        rate_limit=RateLimit(args.rate_limit, burst=args.rate_burst) if args.rate_limit else None,
+    )
     for spec in args.job:
         job_id, _, status = spec.partition("=")
         sim.create_job(job_id=job_id, status=status or "running")

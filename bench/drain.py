@@ -1,0 +1,263 @@
+"""Queue drain: N cancel messages waiting in Azurite, drained by the app in the local runner.
+
+`python -m bench.drain` is one run's child process: it queues the job ids it is given (noting
+when each was sent), starts `devstack.runner.FunctionsRunner` on the real `function_app.app` with
+host.json's queue settings (batch size and new-batch threshold overridable) and the worker's one
+thread pool (`PYTHON_THREADPOOL_THREAD_COUNT` from its environment, as the worker reads it), waits
+until every message has a record on the results queue or none came for a while, and prints one
+JSON line: messages/s, time in queue (a record's `completed_at` minus the send), outcomes,
+duplicates and lost messages. The parent (`drain_runs`) owns the simulator, which answers
+with latency and under a rate limit, counts its cancels, and judges each run against its bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+ENQUEUE_THREADS = 8
+POLL_SECONDS = 0.25
+RECEIVE_VISIBILITY_SECONDS = 600  # records read once at the end stay hidden while the rest are read
+
+
+@dataclass(frozen=True)
+class DrainConfig:
+    """One drain run: how many messages, the worker's pool, host.json's batch settings, the upstream."""
+
+    label: str
+    messages: int
+    threads: int = 32
+    batch_size: int = 16
+    new_batch_threshold: int = 8
+    rate_limit: float | None = None  # requests/s for the whole resource; None: no limit
+    visibility_timeout: float = 30.0  # host.json's; a smoke run shortens it
+
+    @property
+    def in_flight(self) -> int:
+        """Invocations the host and worker allow at once: min(pool threads, batchSize + newBatchThreshold)."""
+        return min(self.threads, self.batch_size + self.new_batch_threshold)
+
+    def bound(self, mean_latency: float) -> tuple[float, str]:
+        """The drain rate this configuration cannot beat, and what sets it."""
+        concurrency = self.in_flight / mean_latency
+        if self.rate_limit is not None and self.rate_limit < concurrency:
+            return self.rate_limit, "rate limit R"
+        return concurrency, "concurrency (in flight / mean latency)"
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile of `values`."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))]
+
+
+def parse_time(text: str) -> float:
+    """Epoch seconds of a record's `...Z` timestamp."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def drain_summary(
+    records: Sequence[Mapping[str, Any]], sent_at: Mapping[str, float], started: float
+) -> dict[str, Any]:
+    """What a drain delivered: rate from the runner's start to the last record, time in queue, losses."""
+    first: dict[str, Mapping[str, Any]] = {}
+    for record in records:
+        job_id = record.get("job_id")
+        if job_id in sent_at and (job_id not in first or record["completed_at"] < first[job_id]["completed_at"]):
+            first[job_id] = record
+    completed = {job_id: parse_time(record["completed_at"]) for job_id, record in first.items()}
+    waits = [completed[job_id] - sent_at[job_id] for job_id in completed]
+    seconds = max(completed.values()) - started if completed else 0.0
+    # Invocation time, from the handler's start (`received_at`) to its record; by Little's law its sum over
+    # the drain is the mean number of invocations in flight.
+    busy = [parse_time(record["completed_at"]) - parse_time(record["received_at"]) for record in records]
+    return {
+        "messages": len(sent_at),
+        "records": len(records),
+        "distinct_jobs": len(first),
+        "duplicates": len(records) - len(first),
+        "lost": len(sent_at) - len(first),
+        "outcomes": dict(Counter(str(record.get("outcome")) for record in first.values())),
+        "dequeue_counts": dict(Counter(str(record.get("dequeue_count")) for record in first.values())),
+        "attempts_in_records": sum(int(record.get("attempts") or 0) for record in records),
+        "drain_seconds": seconds,
+        "invocation_ms": {
+            "mean": statistics.fmean(busy) * 1000 if busy else None,
+            "p50": percentile(busy, 0.50) * 1000 if busy else None,
+        },
+        "mean_in_flight": sum(busy) / seconds if seconds > 0 else 0.0,
+        "messages_per_second": len(first) / seconds if seconds > 0 else 0.0,
+        "time_in_queue_s": {
+            "p50": percentile(waits, 0.50) if waits else None,
+            "p99": percentile(waits, 0.99) if waits else None,
+            "max": max(waits) if waits else None,
+        },
+    }
+
+
+# --- the child process -------------------------------------------------------------------------
+
+
+def _enqueue(connection_string: str, queue_name: str, job_ids: Sequence[str]) -> dict[str, float]:
+    """Send one plain job-id message per job (several senders at once); each job's send time."""
+    from azure.storage.queue import QueueClient
+
+    queue = QueueClient.from_connection_string(connection_string, queue_name)
+    queue.create_queue()
+    sent_at: dict[str, float] = {}
+
+    def send(job_id: str) -> None:
+        sent_at[job_id] = time.time()
+        queue.send_message(job_id)
+
+    with ThreadPoolExecutor(ENQUEUE_THREADS) as senders:
+        list(senders.map(send, job_ids))
+    return sent_at
+
+
+def _record_count(queue: Any) -> int:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return queue.get_queue_properties().approximate_message_count
+    except ResourceNotFoundError:
+        return 0
+
+
+def _read_records(queue: Any) -> list[dict[str, Any]]:
+    """Every record on the results queue (each message hidden once read, so each is read once)."""
+    records = []
+    while True:
+        page = list(
+            queue.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=RECEIVE_VISIBILITY_SECONDS)
+        )
+        if not page:
+            return records
+        records.extend(json.loads(message.content) for message in page)
+
+
+def drain(config: DrainConfig, job_ids: Sequence[str], environ: Mapping[str, str], *, stall_seconds: float) -> dict:
+    """Queue the jobs, run the app until every one has a record (or none came for `stall_seconds`)."""
+    from azure.storage.queue import QueueClient
+
+    from devstack.runner import FunctionsRunner, HostSettings, load_function_app
+
+    connection_string = environ["AzureWebJobsStorage"]
+    requests_queue, results_queue = (f"drain-{uuid.uuid4().hex[:10]}-{role}" for role in ("requests", "results"))
+    sent_at = _enqueue(connection_string, requests_queue, job_ids)
+    results = QueueClient.from_connection_string(connection_string, results_queue)
+    results.create_queue()
+    host = replace(
+        HostSettings.from_host_json(REPO / "host.json"),
+        batch_size=config.batch_size,
+        new_batch_threshold=config.new_batch_threshold,
+    )
+    runner = FunctionsRunner(
+        load_function_app(REPO),
+        host_settings=host,
+        settings={
+            "CANCEL_REQUESTS_QUEUE": requests_queue,
+            "CANCEL_RESULTS_QUEUE": results_queue,
+            "PYTHON_THREADPOOL_THREAD_COUNT": str(config.threads),
+        },
+        port=0,
+        visibility_timeout=config.visibility_timeout,
+    )
+    cpu_before, started = time.process_time(), time.time()
+    runner.start()
+    pool_threads = runner.pool.max_workers
+    count, last_change = 0, time.monotonic()
+    while count < len(job_ids) and time.monotonic() - last_change < stall_seconds:
+        time.sleep(POLL_SECONDS)
+        now_count = _record_count(results)
+        if now_count != count:
+            count, last_change = now_count, time.monotonic()
+    ended = time.time()
+    runner.stop(grace=5)
+    cpu = time.process_time() - cpu_before
+    summary = drain_summary(_read_records(results), sent_at, started)
+    return {
+        **summary,
+        "pool_threads": pool_threads,
+        "wall_seconds": ended - started,
+        "runner_cpu_ms_per_message": cpu * 1000 / max(1, summary["distinct_jobs"]),
+        "runner_cpu_share": cpu / max(ended - started, 1e-9),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    parser = argparse.ArgumentParser(prog="python -m bench.drain", description=__doc__)
+    parser.add_argument("--config", required=True, help="DrainConfig as JSON")
+    parser.add_argument("--jobs", type=Path, required=True, help="JSON list of job ids to queue")
+    parser.add_argument("--stall-seconds", type=float, default=90.0)
+    args = parser.parse_args(argv)
+    config = DrainConfig(**json.loads(args.config))
+    job_ids = json.loads(args.jobs.read_text(encoding="utf-8"))
+    print(json.dumps(drain(config, job_ids, os.environ, stall_seconds=args.stall_seconds)), flush=True)
+    return 0
+
+
+# --- the parent: one child per configuration ---------------------------------------------------
+
+
+def drain_runs(
+    configs: Sequence[DrainConfig],
+    *,
+    simulator: Any,
+    latency: Any,
+    run_child: Callable[[DrainConfig, list[str]], dict[str, Any]],
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Each configuration in a fresh runner process against `simulator` answering with `latency`."""
+    from devstack.openai_sim import RateLimit
+
+    runs = []
+    simulator.latency = latency
+    for config in configs:
+        job_ids = [simulator.create_job(status="running")["id"] for _ in range(config.messages)]
+        simulator.rate_limit = RateLimit(config.rate_limit) if config.rate_limit else None
+        cancels_before = simulator.counts.get(("POST", "cancel"), 0)
+        try:
+            result = run_child(config, job_ids)
+        finally:
+            simulator.rate_limit = None
+        calls = simulator.counts.get(("POST", "cancel"), 0) - cancels_before
+        bound, bound_kind = config.bound(latency.mean)
+        result.update(
+            config=asdict(config),
+            in_flight=config.in_flight,
+            mean_latency_ms=latency.mean * 1000,
+            bound=bound,
+            bound_kind=bound_kind,
+            of_bound=result["messages_per_second"] / bound,
+            upstream_calls=calls,
+            calls_per_message=calls / config.messages,
+        )
+        runs.append(result)
+        log(
+            f"  drain {config.label:<22} {result['messages_per_second']:7.1f} msg/s = {result['of_bound']:.2f} x bound "
+            f"{bound:6.1f} ({bound_kind.split(' ')[0]}); in queue p50 {result['time_in_queue_s']['p50']:.1f} s "
+            f"p99 {result['time_in_queue_s']['p99']:.1f} s; {result['calls_per_message']:.2f} calls/msg; "
+            f"lost {result['lost']}, duplicates {result['duplicates']}; runner CPU "
+            f"{result['runner_cpu_ms_per_message']:.1f} ms/msg"
+        )
+    simulator.latency = None
+    return runs
+
+
+if __name__ == "__main__":
+    sys.exit(main())
