@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from urllib.parse import urlencode
 
 from shared.api_key import ApiKeySource
 from shared.entra_token import TokenSource
@@ -41,7 +40,8 @@ class ResourceClient:
                 verify_challenge_resource=settings.verify_challenge_resource,
             )
         self.upstream = UpstreamClient(settings, resource, sleep=sleep)
-        self._collection = _JobCollectionClient(settings, resource, sleep=sleep)
+        # The jobs collection has a client and session of its own: a long listing never holds cancels' connections.
+        self._collection = UpstreamClient(settings, resource, sleep=sleep)
 
     def cancel_job(self, job_id: str, *, deadline: float, trace: CallTrace) -> UpstreamReply:
         """POST .../jobs/{id}/cancel."""
@@ -55,9 +55,9 @@ class ResourceClient:
         self, *, after: str | None, limit: int, deadline: float, trace: CallTrace
     ) -> UpstreamReply:
         """GET .../fine_tuning/jobs?limit=&after=: one page of jobs, newest first (the guard pages through them)."""
-        query = "?" + urlencode({"limit": limit, **({"after": after} if after else {})})
+        query = {"limit": str(limit), **({"after": after} if after else {})}
         return self._with_credential(
-            lambda auth: self._collection.send("GET", query, auth, deadline=deadline, trace=trace)
+            lambda auth: self._collection.list_jobs(auth, query=query, deadline=deadline, trace=trace)
         )
 
     def _with_credential(self, call: Callable[[Mapping[str, str]], UpstreamReply]) -> UpstreamReply:
@@ -107,18 +107,6 @@ class ResourceClient:
             f"from Key Vault secret '{self.resource.key_secret_name}': the secret must hold a current "
             f"key of {self.resource.endpoint}"
         )
-
-
-class _JobCollectionClient(UpstreamClient):
-    """The upstream client aimed at the jobs collection itself: `.../fine_tuning/jobs`, with no trailing `/`.
-
-    `UpstreamClient.send` appends its path to `.../jobs/`; the list route has no id after it. Its own
-    session, so a long listing never holds the connections cancels use.
-    """
-
-    def __init__(self, settings: Settings, resource: ResourceSettings, *, sleep: Callable[[float], None]) -> None:
-        super().__init__(settings, resource, sleep=sleep)
-        self._base = self._base.rstrip("/")
 
 
 def _error_code(reply: UpstreamReply) -> object:

@@ -69,7 +69,7 @@ class UpstreamClient:
     ) -> None:
         self._settings = settings
         v1 = resource.api_version == V1_API_VERSION
-        self._base = resource.endpoint + ("/openai/v1/fine_tuning/jobs/" if v1 else "/openai/fine_tuning/jobs/")
+        self._base = resource.endpoint + ("/openai/v1/fine_tuning/jobs" if v1 else "/openai/fine_tuning/jobs")
         self._params = {} if v1 else {"api-version": resource.api_version}  # v1 takes no api-version
         self._session = session or _new_session(self._base)
         self._sleep = sleep
@@ -85,12 +85,28 @@ class UpstreamClient:
         """GET .../jobs/{id}."""
         return self.send("GET", quote(job_id, safe=""), auth, deadline=deadline, trace=trace)
 
-    def send(
-        self, method: str, path: str, auth: Mapping[str, str], *, deadline: float, trace: CallTrace
+    def list_jobs(
+        self, auth: Mapping[str, str], *, query: Mapping[str, str], deadline: float, trace: CallTrace
     ) -> UpstreamReply:
-        """One logical call with retries; raises `NoResponse` or `RetryableStatus` when they run out."""
-        url = self._base + path
-        params = self._params
+        """GET .../jobs?limit=&after=: one page of the jobs collection."""
+        return self.send("GET", "", auth, query=query, deadline=deadline, trace=trace)
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        auth: Mapping[str, str],
+        *,
+        deadline: float,
+        trace: CallTrace,
+        query: Mapping[str, str] | None = None,
+    ) -> UpstreamReply:
+        """One logical call with retries; raises `NoResponse` or `RetryableStatus` when they run out.
+
+        `path` follows `.../fine_tuning/jobs/` (empty: the collection itself); `query` joins `api-version`.
+        """
+        url = f"{self._base}/{path}" if path else self._base
+        params = {**self._params, **query} if query else self._params
         headers = {**auth, "accept": "application/json"}
         max_retries = self._settings.upstream_max_retries
         for retries_so_far in range(max_retries + 1):
