@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from shared.api_key import ApiKeySource
 from shared.entra_token import TokenSource
 from shared.errors import KeyRefused
-from shared.settings import API_KEY_AUTH, AZURE_OPENAI_AUTH, ENTRA_AUTH, ResourceSettings, Settings
+from shared.settings import API_KEY_AUTH, AZURE_OPENAI_AUTH, DEFAULT_RESOURCE, ENTRA_AUTH, ResourceSettings, Settings
 from shared.upstream import CallTrace, UpstreamClient, UpstreamReply
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class ResourceClient:
     @property
     def _auth_setting(self) -> str:
         """Where this resource's auth mode is set: AZURE_OPENAI_AUTH, or its entry's `auth`."""
-        if self.resource.name == "default":
+        if self.resource.name == DEFAULT_RESOURCE:
             return AZURE_OPENAI_AUTH
         return f"\"auth\" of resource '{self.resource.name}' in AZURE_OPENAI_RESOURCES (or {AZURE_OPENAI_AUTH})"
 
