@@ -22,7 +22,8 @@ from bench import load
 from devstack._http import read_ready_line
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
-from devstack.stack import Azurite
+from devstack.stack import LOCAL_GUARD_SCHEDULE, Azurite
+from shared.settings import GUARD_SCHEDULE
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key-6a1f0d93c2e84b7e9f51a3c7d2b8e046"
@@ -104,6 +105,7 @@ class Backends:
                 "AZURE_OPENAI_ENDPOINT": self.endpoint,
                 "AZURE_OPENAI_KEY_SECRET_NAME": SECRET_NAME,
                 "AzureWebJobsStorage": self.azurite.connection_string,
+                GUARD_SCHEDULE: LOCAL_GUARD_SCHEDULE,
                 "PYTHONPATH": str(REPO),
                 **overrides,
             }

@@ -48,7 +48,17 @@ from azure.storage.queue import QueueClient
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import Fault, FineTuningSimulator
 from devstack.runner import HostSettings
-from devstack.stack import LOG_DIR, REPO_ROOT, Azurite, ChildProcess, StackError, runner_process, shown_path
+from devstack.stack import (
+    LOCAL_GUARD_SCHEDULE,
+    LOG_DIR,
+    REPO_ROOT,
+    Azurite,
+    ChildProcess,
+    StackError,
+    runner_process,
+    shown_path,
+)
+from shared.settings import GUARD_SCHEDULE
 
 logger = logging.getLogger("devstack.chaos")
 
@@ -701,6 +711,7 @@ class ChaosRun:
                 **settings.app_settings(),
                 "AZURE_OPENAI_ENDPOINT": self._simulator.endpoint,
                 "AzureWebJobsStorage": self._azurite.connection_string,
+                GUARD_SCHEDULE: LOCAL_GUARD_SCHEDULE,
             }
         )
         runner = runner_process(

@@ -40,15 +40,28 @@ from azure.storage.queue import QueueClient
 from devstack._http import serve_until_signalled
 from devstack.keyvault_emulator import KeyVaultEmulator, verify_signed_token
 from devstack.openai_sim import FineTuningSimulator
-from devstack.runner import DEFAULT_FUNCTION_KEY, DEFAULT_PORT, FUNCTION_KEY_ENV, development_storage_connection_string
+from devstack.runner import (
+    DEFAULT_FUNCTION_KEY,
+    DEFAULT_PORT,
+    FUNCTION_KEY_ENV,
+    development_storage_connection_string,
+)
 from shared.entra_token import COGNITIVE_SERVICES_SCOPE
-from shared.settings import AZURE_OPENAI_RESOURCES, DEFAULT_RESOURCE, ENTRA_AUTH
+from shared.settings import (
+    AZURE_OPENAI_RESOURCES,
+    DEFAULT_RESOURCE,
+    ENTRA_AUTH,
+    GUARD_SCHEDULE,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.environ.get("DEVSTACK_STATE_DIR") or REPO_ROOT / ".devstack")  # logs and stack.json
 LOG_DIR = STATE_DIR / "logs"
 STATE_FILE = STATE_DIR / "stack.json"
+# The guard's timer schedule, as infra/ sets it: the host refuses the timer trigger when %GUARD_SCHEDULE% is unset.
+LOCAL_GUARD_SCHEDULE = "0 */5 * * * *"
 AZURITE_QUEUE_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite-queue"
+AZURITE_BLOB_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite-blob"
 AZURITE_DEFAULT_PORT = 10001  # where `UseDevelopmentStorage=true` looks for the queue service
 
 SECRET_NAME = "azure-openai-api-key"
@@ -218,30 +231,32 @@ def runner_process(
 
 
 class Azurite:
-    """Azurite's queue service from node_modules, data in a temporary folder that stop() removes."""
+    """Azurite's queue and blob services from node_modules, data in a temporary folder that stop() removes.
+
+    The queue service carries requests and records; the blob service holds the guard's claims
+    (`shared/guard_store.py`), as the app's storage account does in Azure.
+    """
 
     name = "Azurite"
 
     def __init__(self, *, log_path: Path, port: int = 0, host: str = "127.0.0.1") -> None:
         self._data_dir = Path(tempfile.mkdtemp(prefix="azurite-"))
+        common = ["--location", str(self._data_dir), "--skipApiVersionCheck", "--disableTelemetry", "--silent"]
+        # --skipApiVersionCheck: the storage SDKs speak a newer API version than Azurite knows.
         self._child = ChildProcess(
             self.name,
-            [
-                str(AZURITE_QUEUE_BIN),
-                "--queueHost",
-                host,
-                "--queuePort",
-                str(port),
-                "--location",
-                str(self._data_dir),
-                "--skipApiVersionCheck",  # azure-storage-queue speaks a newer API version than Azurite knows
-                "--disableTelemetry",
-                "--silent",
-            ],
+            [str(AZURITE_QUEUE_BIN), "--queueHost", host, "--queuePort", str(port), *common],
             log_path=log_path,
             ready=_AZURITE_READY,
         )
+        self._blob_child = ChildProcess(
+            f"{self.name} blob",
+            [str(AZURITE_BLOB_BIN), "--blobHost", host, "--blobPort", "0", *common],
+            log_path=log_path.with_name(f"{log_path.stem}-blob{log_path.suffix}"),
+            ready=_AZURITE_READY,
+        )
         self.queue_origin = ""
+        self.blob_origin = ""
         self._first_log_path = log_path
         self._restarts = 0
 
@@ -251,28 +266,35 @@ class Azurite:
 
     @property
     def child(self) -> ChildProcess:
+        """The queue service's process (the one the chaos run restarts)."""
         return self._child
 
     @property
     def connection_string(self) -> str:
-        return development_storage_connection_string(self.queue_origin)
+        return development_storage_connection_string(self.queue_origin, blob_origin=self.blob_origin or None)
 
     def start(self) -> Azurite:
-        if not AZURITE_QUEUE_BIN.exists():
-            raise StackError(self.name, "not installed: run `npm ci` in the repository (make does it for you)")
+        for binary in (AZURITE_QUEUE_BIN, AZURITE_BLOB_BIN):
+            if not binary.exists():
+                raise StackError(self.name, "not installed: run `npm ci` in the repository (make does it for you)")
         self._child.start()
+        self._blob_child.start()
         return self
 
     def wait_ready(self, *, timeout: float = READY_TIMEOUT_SECONDS) -> Azurite:
         self.queue_origin = self._child.wait_ready(timeout=timeout).group(1)
+        if not self.blob_origin:
+            self.blob_origin = self._blob_child.wait_ready(timeout=timeout).group(1)
         return self
 
     def stop(self) -> None:
         self._child.stop()
+        self._blob_child.stop()
         shutil.rmtree(self._data_dir, ignore_errors=True)
 
     def restart(self, *, down_seconds: float = 0.0) -> Azurite:
-        """Stop Azurite, wait `down_seconds`, start it again on the same port and data folder; wait until it serves.
+        """Stop the queue service, wait `down_seconds`, start it again on the same port and data folder; wait
+        until it serves. The blob service stays up.
 
         SIGTERM lets Azurite save its database, so the messages on its queues survive. The new process
         logs to `<log>-restart<n>.log` beside the first log, which is kept.
@@ -394,6 +416,7 @@ class LocalStack:
         self.azurite.wait_ready()
         self.azurite.create_queues(self.requests_queue, self.results_queue)
         self._report(f"Azurite queue service   {self.azurite.queue_origin}  ({time.monotonic() - started:.1f} s)")
+        self._report(f"Azurite blob service    {self.azurite.blob_origin}  (the guard's claims)")
         vault_environ = json.loads(self.key_vault.wait_ready().group(1))
         self._report(f"Key Vault emulator      {vault_environ['KEY_VAULT_URL']}")
         openai_endpoint = json.loads(self.simulator.wait_ready().group(1))["AZURE_OPENAI_ENDPOINT"]
@@ -409,6 +432,7 @@ class LocalStack:
             "CANCEL_REQUESTS_QUEUE": self.requests_queue,
             "CANCEL_RESULTS_QUEUE": self.results_queue,
             "PYTHON_THREADPOOL_THREAD_COUNT": "32",  # the shipped value (infra/ and docs/local-stack.md say why)
+            GUARD_SCHEDULE: LOCAL_GUARD_SCHEDULE,
             FUNCTION_KEY_ENV: self.function_key,
         }
         self.runner = runner_process(

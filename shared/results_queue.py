@@ -35,6 +35,7 @@ POOL_SIZE = 32  # as many connections as the worker's thread pool has invocation
 # Azurite's development account, as `UseDevelopmentStorage=true` means it (its key is public and fixed).
 DEVELOPMENT_ACCOUNT = "devstoreaccount1"
 DEVELOPMENT_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+DEVELOPMENT_BLOB_PORT = 10000
 DEVELOPMENT_QUEUE_PORT = 10001
 
 
@@ -110,19 +111,23 @@ def _new_queue_client(connection: StorageConnection, queue: str, credential: obj
 
 
 def expand_development_storage(connection_string: str) -> str:
-    """`UseDevelopmentStorage=true` as the storage tools read it: Azurite's account on 127.0.0.1:10001."""
+    """`UseDevelopmentStorage=true` as the storage tools read it: Azurite's account, blob on :10000, queue on :10001."""
     parts = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part)
     if parts.get("UseDevelopmentStorage", "").strip().lower() != "true":
         return connection_string
     origin = parts.get("DevelopmentStorageProxyUri", "http://127.0.0.1").rstrip("/")
-    return development_storage_connection_string(f"{origin}:{DEVELOPMENT_QUEUE_PORT}")
+    return development_storage_connection_string(
+        f"{origin}:{DEVELOPMENT_QUEUE_PORT}", blob_origin=f"{origin}:{DEVELOPMENT_BLOB_PORT}"
+    )
 
 
-def development_storage_connection_string(queue_origin: str) -> str:
-    """A connection string for Azurite's development account whose queue service is at `queue_origin`."""
+def development_storage_connection_string(queue_origin: str, *, blob_origin: str | None = None) -> str:
+    """A connection string for Azurite's development account: its queue service at `queue_origin`, and its
+    blob service (the guard's memory) at `blob_origin` when given."""
+    blob = f"BlobEndpoint={blob_origin.rstrip('/')}/{DEVELOPMENT_ACCOUNT};" if blob_origin else ""
     return (
         f"DefaultEndpointsProtocol=http;AccountName={DEVELOPMENT_ACCOUNT};AccountKey={DEVELOPMENT_ACCOUNT_KEY};"
-        f"QueueEndpoint={queue_origin.rstrip('/')}/{DEVELOPMENT_ACCOUNT};"
+        f"{blob}QueueEndpoint={queue_origin.rstrip('/')}/{DEVELOPMENT_ACCOUNT};"
     )
 
 

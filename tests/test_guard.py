@@ -20,8 +20,8 @@ from azure.storage.queue import QueueClient
 
 from devstack.openai_sim import DEFAULT_MODEL, FineTuningSimulator
 from shared import guard
+from shared.results_queue import development_storage_connection_string
 from tests.conftest import drain_results, handler
-from tests.test_guard_store import azurite_blob, storage_connection_string  # noqa: F401 - fixture
 from tests.test_many_resources import second  # noqa: F401 - fixture
 
 HOUR = 3600
@@ -92,9 +92,9 @@ METRIC_ALERT = {
 
 
 @pytest.fixture
-def guarded(app_settings, monkeypatch, azurite, azurite_blob, second: FineTuningSimulator):  # noqa: F811
+def guarded(app_settings, monkeypatch, azurite, second: FineTuningSimulator):
     """Two resources, the guard's storage (blob and queue), a request queue of the test's own."""
-    connection = storage_connection_string(azurite_blob, azurite.queue_origin)
+    connection = azurite.connection_string
     requests = f"guard-requests-{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("AzureWebJobsStorage", connection)
     monkeypatch.setenv("CANCEL_REQUESTS_QUEUE", requests)
@@ -382,7 +382,7 @@ def test_anything_but_a_budget_alert_is_refused_and_cancels_nothing(guarded, mon
 def test_when_blob_storage_is_down_nothing_is_enqueued_and_every_job_is_named(
     guarded, monkeypatch, azurite, simulator
 ):
-    monkeypatch.setenv("AzureWebJobsStorage", storage_connection_string("http://127.0.0.1:9", azurite.queue_origin))
+    monkeypatch.setenv("AzureWebJobsStorage", development_storage_connection_string(azurite.queue_origin, blob_origin="http://127.0.0.1:9"))
     ids = [simulator.create_job(status="queued")["id"] for _ in range(3)]
     status, body = post("guard/cancel-active", {"resource": "default"})
     assert status == 202 and body["enqueued"] == 0 and set(body["would_cancel"]) == set(ids)

@@ -10,49 +10,21 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
-from devstack.stack import _AZURITE_READY, REPO_ROOT, Azurite, ChildProcess
+from devstack.stack import Azurite
 from shared.guard_store import CLAIM_SECONDS, GUARD_CONTAINER, GuardStore, GuardStoreError, open_guard_store
-from shared.results_queue import DEVELOPMENT_ACCOUNT, DEVELOPMENT_ACCOUNT_KEY
+from shared.results_queue import development_storage_connection_string
 from shared.settings import StorageConnection
 
-AZURITE_BLOB_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite-blob"
-
-
-@pytest.fixture(scope="session")
-def azurite_blob(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Azurite's blob service (the local stack runs only its queue service): its origin."""
-    data = tmp_path_factory.mktemp("azurite-blob")
-    child = ChildProcess(
-        "Azurite blob",
-        [str(AZURITE_BLOB_BIN), "--blobHost", "127.0.0.1", "--blobPort", "0", "--location", str(data),
-         "--skipApiVersionCheck", "--disableTelemetry", "--silent"],
-        log_path=Path(data) / "azurite-blob.log",
-        ready=_AZURITE_READY,
-    ).start()
-    try:
-        yield child.wait_ready().group(1)
-    finally:
-        child.stop()
-
-
-def storage_connection_string(blob_origin: str, queue_origin: str) -> str:
-    """AzureWebJobsStorage as an account with both services has it."""
-    return (
-        f"DefaultEndpointsProtocol=http;AccountName={DEVELOPMENT_ACCOUNT};AccountKey={DEVELOPMENT_ACCOUNT_KEY};"
-        f"BlobEndpoint={blob_origin}/{DEVELOPMENT_ACCOUNT};QueueEndpoint={queue_origin}/{DEVELOPMENT_ACCOUNT};"
-    )
-
-
 @pytest.fixture
-def connection(azurite: Azurite, azurite_blob: str) -> str:
-    return storage_connection_string(azurite_blob, azurite.queue_origin)
+def connection(azurite: Azurite) -> str:
+    """AzureWebJobsStorage as an account with both services has it (the session Azurite serves blob and queue)."""
+    return azurite.connection_string
 
 
 @pytest.fixture
@@ -160,9 +132,9 @@ def test_after_an_hour_a_claim_is_taken_over_by_exactly_one_instance(instance, c
     assert sum(claim is not None for claim in claims) == 1
 
 
-def test_a_claim_whose_send_fails_is_released(connection, azurite_blob, requests_queue_name):
+def test_a_claim_whose_send_fails_is_released(connection, azurite, requests_queue_name):
     stores = open_guard_store(StorageConnection(connection_string=connection), requests_queue_name)
-    nothing_listens = storage_connection_string(azurite_blob, "http://127.0.0.1:9")
+    nothing_listens = development_storage_connection_string("http://127.0.0.1:9", blob_origin=azurite.blob_origin)
     unreachable = QueueClient.from_connection_string(nothing_listens, "nowhere", retry_total=0, connection_timeout=1)
     container = BlobServiceClient.from_connection_string(connection).get_container_client(GUARD_CONTAINER)
     broken = GuardStore(container, unreachable)

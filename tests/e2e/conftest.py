@@ -19,7 +19,8 @@ from azure.storage.queue import QueueClient
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
 from devstack.runner import FunctionsRunner, HostSettings, load_function_app
-from devstack.stack import Azurite
+from devstack.stack import LOCAL_GUARD_SCHEDULE, Azurite
+from shared.settings import GUARD_SCHEDULE
 
 from .queue_polling import RECORD_TIMEOUT_SECONDS, message_count, take_messages, unique_queue_name
 
@@ -95,6 +96,7 @@ def start_local_app(
             "CANCEL_RESULTS_QUEUE": results_queue,
             "UPSTREAM_TIMEOUT_SECONDS": "5",
             "UPSTREAM_DEADLINE_SECONDS": "20",
+            GUARD_SCHEDULE: LOCAL_GUARD_SCHEDULE,
             **extra_settings,
         }
         azurite.create_queues(requests_queue)

@@ -42,7 +42,7 @@ def python(*args: str, env: dict[str, str] | None = None, **kwargs) -> subproces
     )
 
 
-LOGS = ["azurite.log", "keyvault.log", "openai-sim-keyless.log", "openai-sim.log", "runner.log"]
+LOGS = ["azurite-blob.log", "azurite.log", "keyvault.log", "openai-sim-keyless.log", "openai-sim.log", "runner.log"]
 
 
 def test_demo_cancels_on_both_resources_prints_seven_records_stops_everything_and_exits_0(tmp_path: Path):
