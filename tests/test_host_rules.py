@@ -21,7 +21,7 @@ from devstack.host_rules import (
     queue_trigger_metadata,
     worker_thread_count,
 )
-from devstack.runner import _http_response, forwarded_body, queue_message_for_worker
+from devstack.runner import forwarded_body, http_response, queue_message_for_worker
 
 RECORD = json.dumps({"request_id": "r-1", "finished_at": "2024-05-01T12:00:00.540Z", "status_code": 200})
 
@@ -238,4 +238,4 @@ def test_an_http_function_returning_no_str_or_httpresponse_fails(returned: objec
     # azure.functions http.py HttpResponseConverter.encode raises NotImplementedError; worker bindings/meta.py
     # get_datum turns it into TypeError: the invocation fails, the host answers 500.
     with pytest.raises(TypeError, match="unable to encode outgoing TypedData"):
-        _http_response(returned)
+        http_response(returned)
