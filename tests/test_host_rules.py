@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 
 import azure.functions as func
 import pytest
@@ -21,7 +22,8 @@ from devstack.host_rules import (
     queue_trigger_metadata,
     worker_thread_count,
 )
-from devstack.runner import forwarded_body, http_response, queue_message_for_worker
+from devstack.runner import RunnerError, forwarded_body, http_response, queue_message_for_worker
+from devstack.runner.routes import RouteTemplate
 
 RECORD = json.dumps({"request_id": "r-1", "finished_at": "2024-05-01T12:00:00.540Z", "status_code": 200})
 
@@ -239,3 +241,58 @@ def test_an_http_function_returning_no_str_or_httpresponse_fails(returned: objec
     # get_datum turns it into TypeError: the invocation fails, the host answers 500.
     with pytest.raises(TypeError, match="unable to encode outgoing TypedData"):
         http_response(returned)
+
+
+# ASP.NET Core Template/TemplateMatcher.cs (literals OrdinalIgnoreCase), Constraints/IntRouteConstraint.cs; the
+# runner keeps what function_app.py's routes use (devstack/runner/routes.py).
+@pytest.mark.parametrize(
+    ("template", "path", "params"),
+    [
+        ("openai/fine_tuning/jobs/{job_id}/cancel", "/openai/fine_tuning/jobs/ftjob-1/cancel", {"job_id": "ftjob-1"}),
+        ("openai/fine_tuning/jobs/{job_id}/cancel", "/OpenAI/Fine_Tuning/JOBS/ftjob-1/cancel/", {"job_id": "ftjob-1"}),
+        ("openai/fine_tuning/jobs/{job_id}/cancel", "/openai/fine_tuning/jobs//cancel", None),  # empty segment
+        ("openai/fine_tuning/jobs/{job_id}/cancel", "/openai/fine_tuning/jobs/a/b/cancel", None),
+        ("resources/{resource}/jobs/{job_id}", "/resources/r%2Fx/jobs/j", {"resource": "r%2Fx", "job_id": "j"}),
+        ("health", "/health", {}),
+        ("health", "/healthz", None),
+        ("items/{id:int}/{name?}", "/items/12/pen", {"id": "12", "name": "pen"}),
+        ("items/{id:int}/{name?}", "/items/-12", {"id": "-12"}),
+        ("items/{id:int}/{name?}", "/items/twelve", None),
+    ],
+)
+def test_routes_match_as_the_host_matches_them(template: str, path: str, params: dict | None):
+    assert RouteTemplate.parse(template).match(path) == params
+
+
+@pytest.mark.parametrize(
+    ("template", "feature"),
+    [
+        ("files/{*path}", "a catch-all parameter"),
+        ("items/{id=1}", "a default value"),
+        ("items/{id:guid}", "route constraint ':guid'"),
+        ("items/{id}.json", "a complex segment"),
+        ("items/{a}-{b}", "a complex segment"),
+        ("items/{{literal}}", "escaped braces"),
+        ("items/{name?}/more", "only the last segment may be optional"),
+    ],
+)
+def test_route_features_the_runner_does_not_support_are_refused_by_name(template: str, feature: str):
+    with pytest.raises(RunnerError, match=re.escape(feature)):
+        RouteTemplate.parse(template, where="function 'f'")
+
+
+@pytest.mark.parametrize(
+    ("returned", "answer"),
+    [
+        ("plain", (200, [], "text/plain; charset=utf-8", b"plain")),
+        (func.HttpResponse("x", status_code=201), (201, [], "text/plain; charset=utf-8", b"x")),
+        (func.HttpResponse(b"{}", mimetype="application/json"), (200, [], "application/json", b"{}")),
+        (
+            func.HttpResponse("", headers={"Content-Type": "text/csv", "Retry-After": "3"}),
+            (200, [("Retry-After", "3")], "text/csv", b""),
+        ),
+    ],
+)
+def test_an_http_answer_is_what_the_azure_functions_converter_encodes(returned: object, answer: tuple):
+    # azure.functions http.py HttpResponseConverter.encode: content-type from mimetype and charset when unset
+    assert http_response(returned) == answer
