@@ -68,6 +68,7 @@ class ResourcePacer:
         self._lock = threading.Lock()
         self._next_start = -math.inf
         self._throttled_at = -math.inf
+        self._last_turn = -math.inf  # the latest start handed out
         self._spacing = 0.0
 
     @property
@@ -80,21 +81,31 @@ class ResourcePacer:
         with self._lock:
             start = max(now, self._next_start)
             if self._spacing and start < latest:
+                self._last_turn = start
                 self._next_start = start + self._spacing
             return start
 
-    def throttled(self, now: float, advised: float, *, sent_at: float) -> None:
+    def throttled(self, now: float, advised: float, *, sent_at: float, latest: float) -> float:
         """The resource answered 429 advising `advised` seconds to a call sent at `sent_at`: hold every caller.
 
-        Only a call sent after the last 429 was known lengthens the spacing: the callers already in flight
-        then were not paced yet, and their refusals say nothing new.
+        Returns the seconds until the refused caller's own retry, its turn taken when it comes before
+        `latest`: exactly the advice (CONTRACT section 6) unless callers took turns after its call, then
+        after theirs. Only a call sent after the last 429 was known lengthens the spacing: the callers in
+        flight then were not paced yet, and their refusals say nothing new.
         """
         with self._lock:
             if sent_at >= self._throttled_at:
                 tightened = max(advised, self._spacing * PACING_TIGHTEN)
                 self._spacing = min(tightened, MAX_PACING_SPACING) if tightened >= MIN_PACING_SPACING else 0.0
                 self._throttled_at = now
-            self._next_start = max(self._next_start, now + advised)
+            hold = now + advised
+            start = hold if sent_at >= self._last_turn else max(self._next_start, hold)
+            if start < latest:
+                self._last_turn = start
+                self._next_start = max(self._next_start, start + self._spacing)
+            else:
+                self._next_start = max(self._next_start, hold)
+            return advised if start == hold else start - now
 
     def let_through(self) -> None:
         """A call was answered without throttling: the next callers may start a little closer together."""

@@ -113,8 +113,9 @@ class UpstreamClient:
         params = {**self._params, **query} if query else self._params
         headers = {**auth, "accept": "application/json"}
         max_retries = self._settings.upstream_max_retries
+        has_turn = False  # a throttled caller's retry has its turn from the pacer already
         for retries_so_far in range(max_retries + 1):
-            if deadline - self._clock() > 0:
+            if not has_turn and deadline - self._clock() > 0:
                 self._wait_for_turn(deadline, trace)
             remaining = deadline - self._clock()
             if remaining <= 0:
@@ -148,16 +149,17 @@ class UpstreamClient:
                 )
             wait = advised if advised is not None else backoff_seconds(retries_so_far)
             failure.retry_after = wait
-            paced = advised is not None and isinstance(failure, RetryableStatus) and failure.status == 429
-            if paced:
-                self.pacer.throttled(self._clock(), wait, sent_at=sent_at)  # every next turn waits it out
+            has_turn = advised is not None and isinstance(failure, RetryableStatus) and failure.status == 429
+            if has_turn:  # every caller of the resource waits it out; this one's retry takes the next turn
+                now = self._clock()
+                latest = now if retries_so_far == max_retries else deadline
+                wait = self.pacer.throttled(now, wait, sent_at=sent_at, latest=latest)
             if retries_so_far == max_retries:
                 raise failure
             if self._clock() + wait >= deadline:
                 failure.message += f"; the next retry in {wait:.1f} s would pass the deadline"
                 raise failure
-            if not paced:
-                self._sleep(wait)
+            self._sleep(wait)
         raise AssertionError("unreachable: the loop returns or raises")
 
     def _wait_for_turn(self, deadline: float, trace: CallTrace) -> None:
