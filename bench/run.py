@@ -341,8 +341,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only", nargs="+", choices=PARTS, default=PARTS, help="measure these parts, keep the rest from --out"
     )
+    parser.add_argument(
+        "--no-sweep", action="store_true", help="drain only the shipped settings and the rate limits (the targets)"
+    )
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
+    if args.no_sweep:
+        plan = replace(plan, drain_threads=(), drain_batches=())
     if args.repetitions:
         plan = replace(plan, repetitions=args.repetitions)
     if args.cancels:
