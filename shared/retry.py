@@ -85,12 +85,12 @@ class ResourcePacer:
                 self._next_start = start + self._spacing
             return start
 
-    def throttled(self, now: float, advised: float, *, sent_at: float, latest: float) -> float:
-        """The resource answered 429 advising `advised` seconds to a call sent at `sent_at`: hold every caller.
+    def throttled(self, now: float, advised: float, *, sent_at: float, turn: float, latest: float) -> float:
+        """The resource answered 429 advising `advised` seconds to a call sent at `sent_at` on its `turn`.
 
-        Returns the seconds until the refused caller's own retry, its turn taken when it comes before
-        `latest`: exactly the advice (CONTRACT section 6) unless callers took turns after its call, then
-        after theirs. Only a call sent after the last 429 was known lengthens the spacing: the callers in
+        Holds every caller. Returns the seconds until the refused caller's own retry, its turn taken when it
+        comes before `latest`: exactly the advice (CONTRACT section 6) unless callers were given turns after
+        its own, then after theirs. Only a call sent after the last 429 was known lengthens the spacing: the callers in
         flight then were not paced yet, and their refusals say nothing new.
         """
         with self._lock:
@@ -99,7 +99,7 @@ class ResourcePacer:
                 self._spacing = min(tightened, MAX_PACING_SPACING) if tightened >= MIN_PACING_SPACING else 0.0
                 self._throttled_at = now
             hold = now + advised
-            start = hold if sent_at >= self._last_turn else max(self._next_start, hold)
+            start = hold if turn >= self._last_turn else max(self._next_start, hold)
             if start < latest:
                 self._last_turn = start
                 self._next_start = max(self._next_start, start + self._spacing)

@@ -114,9 +114,10 @@ class UpstreamClient:
         headers = {**auth, "accept": "application/json"}
         max_retries = self._settings.upstream_max_retries
         has_turn = False  # a throttled caller's retry has its turn from the pacer already
+        turn = self._clock()
         for retries_so_far in range(max_retries + 1):
             if not has_turn and deadline - self._clock() > 0:
-                self._wait_for_turn(deadline, trace)
+                turn = self._wait_for_turn(deadline, trace)
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise TimedOut(f"deadline of {self._settings.upstream_deadline_seconds:g} s passed", retry_after=1)
@@ -153,7 +154,8 @@ class UpstreamClient:
             if has_turn:  # every caller of the resource waits it out; this one's retry takes the next turn
                 now = self._clock()
                 latest = now if retries_so_far == max_retries else deadline
-                wait = self.pacer.throttled(now, wait, sent_at=sent_at, latest=latest)
+                wait = self.pacer.throttled(now, wait, sent_at=sent_at, turn=turn, latest=latest)
+                turn = now + wait
             if retries_so_far == max_retries:
                 raise failure
             if self._clock() + wait >= deadline:
@@ -162,9 +164,9 @@ class UpstreamClient:
             self._sleep(wait)
         raise AssertionError("unreachable: the loop returns or raises")
 
-    def _wait_for_turn(self, deadline: float, trace: CallTrace) -> None:
-        """Sleep until the resource's pacer lets this call start; a throttled resource whose turn comes too late
-        for the deadline is reported as the 429 it is, with the wait as its advice."""
+    def _wait_for_turn(self, deadline: float, trace: CallTrace) -> float:
+        """Sleep until the resource's pacer lets this call start, and return that moment; a throttled resource
+        whose turn comes too late for the deadline is reported as the 429 it is, with the wait as its advice."""
         now = self._clock()
         start = self.pacer.turn(now, latest=deadline)
         if start >= deadline:
@@ -178,6 +180,7 @@ class UpstreamClient:
         if start > now:
             logger.debug("waiting %.3f s for a turn on a throttled resource", start - now)
             self._sleep(start - now)
+        return start
 
     def _attempt(
         self, method: str, url: str, params: dict[str, str], headers: dict[str, str], remaining: float

@@ -64,7 +64,7 @@ def test_pacer_table(events: list[tuple]) -> None:
             _, now, expected = event
             assert pacer.turn(now, latest=FAR) == pytest.approx(expected)
         elif event[0] == "429":
-            pacer.throttled(event[1], event[2], sent_at=event[1], latest=event[1])  # the refused caller gives up
+            pacer.throttled(event[1], event[2], sent_at=event[1], turn=event[1], latest=event[1])  # the refused caller gives up
         else:
             pacer.let_through()
 
@@ -72,22 +72,22 @@ def test_pacer_table(events: list[tuple]) -> None:
 def test_refusals_of_calls_sent_before_the_hold_do_not_lengthen_the_spacing() -> None:
     pacer = ResourcePacer()
     for _ in range(10):  # a herd of callers sent at 0.0, all refused at 0.1
-        pacer.throttled(0.1, 0.2, sent_at=0.0, latest=0.0)
+        pacer.throttled(0.1, 0.2, sent_at=0.0, turn=0.0, latest=0.0)
     assert pacer.spacing == pytest.approx(0.2)
-    pacer.throttled(0.5, 0.2, sent_at=0.4, latest=0.0)  # one sent at its turn and still refused: too close together
+    pacer.throttled(0.5, 0.2, sent_at=0.4, turn=0.4, latest=0.0)  # one sent at its turn and still refused: too close together
     assert pacer.spacing == pytest.approx(0.2 * PACING_TIGHTEN)
 
 
 def test_the_refused_caller_retries_after_its_advice_or_after_those_who_took_turns_since() -> None:
     pacer = ResourcePacer()
-    assert pacer.throttled(1000.123, 0.01, sent_at=1000.1, latest=FAR) == 0.01  # exactly the advice
+    assert pacer.throttled(1000.123, 0.01, sent_at=1000.1, turn=1000.1, latest=FAR) == 0.01  # exactly the advice
     assert pacer.turn(1000.123, latest=FAR) == pytest.approx(1000.143)  # the next caller: a spacing later
-    assert pacer.throttled(1000.123, 0.01, sent_at=1000.0, latest=FAR) == pytest.approx(0.03)  # behind both
+    assert pacer.throttled(1000.123, 0.01, sent_at=1000.0, turn=1000.0, latest=FAR) == pytest.approx(0.03)  # behind both
 
 
 def test_a_turn_past_the_latest_start_is_not_taken() -> None:
     pacer = ResourcePacer()
-    pacer.throttled(0.0, 0.5, sent_at=0.0, latest=0.0)
+    pacer.throttled(0.0, 0.5, sent_at=0.0, turn=0.0, latest=0.0)
     assert pacer.turn(0.0, latest=0.3) == pytest.approx(0.5)  # too late for this caller: it gives up its turn
     assert pacer.turn(0.0, latest=FAR) == pytest.approx(0.5)  # so the next caller has it
 
@@ -152,7 +152,7 @@ def test_a_429_holds_the_next_caller_of_the_resource_before_its_first_call(
 
 def test_a_turn_past_the_deadline_answers_429_without_calling(simulator: FineTuningSimulator, clients) -> None:
     (client, fake) = clients()
-    client.pacer.throttled(fake.now, 30.0, sent_at=fake.now, latest=fake.now)
+    client.pacer.throttled(fake.now, 30.0, sent_at=fake.now, turn=fake.now, latest=fake.now)
     before = len(simulator.requests)
     with pytest.raises(RetryableStatus) as raised:
         client.cancel_job(simulator.create_job()["id"], AUTH, deadline=fake.now + 20, trace=CallTrace())
