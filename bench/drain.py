@@ -214,6 +214,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- the parent: one child per configuration ---------------------------------------------------
 
 
+def storage_ceiling(connection_string: str, *, threads: int, writes: int) -> dict[str, float]:
+    """Record-sized messages/s Azurite takes from `threads` writers at once, and their median time.
+
+    Every drained message costs Azurite at least two such writes (its record, its delete) besides its
+    share of a Get Messages, so half this rate bounds the drain on this machine whatever the app does.
+    """
+    from azure.storage.queue import QueueClient
+
+    queue = QueueClient.from_connection_string(connection_string, f"ceiling-{uuid.uuid4().hex[:10]}")
+    queue.create_queue()
+    body = json.dumps({"schema_version": 1, "job": {"id": "ftjob-" + "0" * 32, "status": "cancelled"}, "pad": "x" * 500})
+
+    def write(_: int) -> float:
+        started = time.monotonic()
+        queue.send_message(body)
+        return time.monotonic() - started
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(threads) as writers:
+        times = list(writers.map(write, range(writes)))
+    seconds = time.monotonic() - started
+    queue.delete_queue()
+    return {"threads": threads, "writes_per_second": writes / seconds, "median_ms": statistics.median(times) * 1000}
+
+
 def drain_runs(
     configs: Sequence[DrainConfig],
     *,

@@ -1,8 +1,9 @@
 """One Azure OpenAI resource as the cancel service uses it: its credential, and its upstream client.
 
 Each resource of the allow-list (`default`, and the names of `AZURE_OPENAI_RESOURCES`) has its own
-api-key cache or token and its own connection pool, so Key Vault is read once per keyed resource per
-cache period, whatever the load, and one resource's trouble does not hold another's connections.
+api-key cache or token, its own connection pool and its own pacing after a 429, so Key Vault is read
+once per keyed resource per cache period, whatever the load, and one resource's trouble (or throttling)
+does not hold another's connections (or callers).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class ResourceClient:
             )
         self.upstream = UpstreamClient(settings, resource, sleep=sleep)
         # The jobs collection has a client and session of its own: a long listing never holds cancels' connections.
-        self._collection = UpstreamClient(settings, resource, sleep=sleep)
+        # It shares the resource's pacer: Azure throttles the resource, whichever path is called.
+        self._collection = UpstreamClient(settings, resource, pacer=self.upstream.pacer, sleep=sleep)
 
     def cancel_job(self, job_id: str, *, deadline: float, trace: CallTrace) -> UpstreamReply:
         """POST .../jobs/{id}/cancel."""

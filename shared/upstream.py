@@ -2,7 +2,9 @@
 
 `UpstreamClient.send` makes one logical call: up to `UPSTREAM_MAX_RETRIES` retries for
 connection errors, timeouts, 408, 429 and 5xx, waiting as `shared.retry` advises, never past
-the cancel's deadline. Any other answer is returned to the caller to judge.
+the cancel's deadline. A 429 with advice holds every caller of the resource through the resource's
+`ResourcePacer`, so throttled callers take turns instead of retrying at once; waiting for a turn
+is not a retry. Any other answer is returned to the caller to judge.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from requests.structures import CaseInsensitiveDict
 from shared.record_text import loads_bounded
 from shared.redaction import redact_json, redact_text, request_secrets
 from shared.errors import ConnectFailed, NoResponse, RetryableStatus, TimedOut, UnreadableBody
-from shared.retry import backoff_seconds, is_retryable_status, retry_after_seconds
+from shared.retry import ResourcePacer, backoff_seconds, is_retryable_status, retry_after_seconds
 from shared.settings import UPSTREAM_CONNECT_TIMEOUT_SECONDS, V1_API_VERSION, ResourceSettings, Settings
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class UpstreamClient:
         resource: ResourceSettings,
         *,
         session: requests.Session | None = None,
+        pacer: ResourcePacer | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -72,6 +75,7 @@ class UpstreamClient:
         self._base = resource.endpoint + ("/openai/v1/fine_tuning/jobs" if v1 else "/openai/fine_tuning/jobs")
         self._params = {} if v1 else {"api-version": resource.api_version}  # v1 takes no api-version
         self._session = session or _new_session(self._base)
+        self.pacer = pacer or ResourcePacer()  # shared by every client of the resource (ResourceClient)
         self._sleep = sleep
         self._clock = clock
 
@@ -109,11 +113,16 @@ class UpstreamClient:
         params = {**self._params, **query} if query else self._params
         headers = {**auth, "accept": "application/json"}
         max_retries = self._settings.upstream_max_retries
+        has_turn = False  # a throttled caller's retry has its turn from the pacer already
+        turn = self._clock()
         for retries_so_far in range(max_retries + 1):
+            if not has_turn and deadline - self._clock() > 0:
+                turn = self._wait_for_turn(deadline, trace)
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise TimedOut(f"deadline of {self._settings.upstream_deadline_seconds:g} s passed", retry_after=1)
             trace.attempts += 1
+            sent_at = self._clock()
             try:
                 reply = self._attempt(method, url, params, headers, remaining)
             except NoResponse as err:
@@ -123,6 +132,7 @@ class UpstreamClient:
             else:
                 trace.upstream_request_id = reply.request_id
                 if not is_retryable_status(reply.status):
+                    self.pacer.let_through()
                     return reply
                 advised = retry_after_seconds(reply.headers)
                 failure = RetryableStatus(
@@ -140,6 +150,12 @@ class UpstreamClient:
                 )
             wait = advised if advised is not None else backoff_seconds(retries_so_far)
             failure.retry_after = wait
+            has_turn = advised is not None and isinstance(failure, RetryableStatus) and failure.status == 429
+            if has_turn:  # every caller of the resource waits it out; this one's retry takes the next turn
+                now = self._clock()
+                latest = now if retries_so_far == max_retries else deadline
+                wait = self.pacer.throttled(now, wait, sent_at=sent_at, turn=turn, latest=latest)
+                turn = now + wait
             if retries_so_far == max_retries:
                 raise failure
             if self._clock() + wait >= deadline:
@@ -147,6 +163,24 @@ class UpstreamClient:
                 raise failure
             self._sleep(wait)
         raise AssertionError("unreachable: the loop returns or raises")
+
+    def _wait_for_turn(self, deadline: float, trace: CallTrace) -> float:
+        """Sleep until the resource's pacer lets this call start, and return that moment; a throttled resource
+        whose turn comes too late for the deadline is reported as the 429 it is, with the wait as its advice."""
+        now = self._clock()
+        start = self.pacer.turn(now, latest=deadline)
+        if start >= deadline:
+            raise RetryableStatus(
+                f"Azure OpenAI is throttling this resource; the next turn in {start - now:.1f} s would pass the "
+                f"deadline",
+                status=429,
+                request_id=trace.upstream_request_id,
+                retry_after=start - now,
+            )
+        if start > now:
+            logger.debug("waiting %.3f s for a turn on a throttled resource", start - now)
+            self._sleep(start - now)
+        return start
 
     def _attempt(
         self, method: str, url: str, params: dict[str, str], headers: dict[str, str], remaining: float
