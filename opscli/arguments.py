@@ -44,7 +44,8 @@ def storage_options() -> argparse.ArgumentParser:
     """Which storage account: --account (Entra ID, with --queue-url) or --connection-string."""
     storage = argparse.ArgumentParser(add_help=False)
     where = storage.add_argument_group("storage account (one of)")
-    where.add_argument("--account", metavar="NAME", type=account_name, help="storage account name; signs in with Entra ID")
+    where.add_argument("--account", metavar="NAME", type=account_name,
+                       help="storage account name; signs in with Entra ID")
     where.add_argument("--connection-string", metavar="STRING",
                        help=f"a storage connection string (default: ${CONNECTION_STRING_ENV}); "
                             "UseDevelopmentStorage=true for Azurite")
@@ -55,7 +56,7 @@ def storage_options() -> argparse.ArgumentParser:
 
 
 def job_id_options() -> argparse.ArgumentParser:
-    """The job ids and what goes with each cancel request: --file, --skip-invalid, --correlation-id, --wait, --resource."""
+    """The job ids and what goes with each request: --file, --skip-invalid, --correlation-id, --wait, --resource."""
     ids = argparse.ArgumentParser(add_help=False)
     ids.add_argument("ids", nargs="*", metavar="ID", help="fine-tuning job ids (ftjob-...)")
     ids.add_argument("--file", metavar="FILE", help="more ids, one a line (# comments allowed); - reads stdin")
@@ -136,7 +137,9 @@ def queue_name(text: str) -> str:
 
 def account_name(text: str) -> str:
     if not _ACCOUNT_NAME.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a storage account name (3 to 24 lowercase letters and digits)")
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a storage account name (3 to 24 lowercase letters and digits)"
+        )
     return text
 
 

@@ -115,7 +115,7 @@ def printable_line(text: str, width: int) -> str:
 
 
 def printable(text: str) -> str:
-    """`text` with control characters and lone surrogates as `\\x1b`-style escapes: a record cannot drive the terminal."""
+    """`text` with control characters and lone surrogates as `\\x1b`-style escapes: records cannot drive a terminal."""
     return _UNPRINTABLE.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
 
 

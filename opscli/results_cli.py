@@ -9,7 +9,15 @@ from __future__ import annotations
 import argparse
 from typing import TextIO
 
-from opscli.arguments import EXIT_CODES, FORMATTER, common_options, positive_int, queue_name, storage_from, storage_options
+from opscli.arguments import (
+    EXIT_CODES,
+    FORMATTER,
+    common_options,
+    positive_int,
+    queue_name,
+    storage_from,
+    storage_options,
+)
 from opscli.errors import EXIT_OK, PROG, CliError, counted
 from opscli.output import RecordPrinter, printable_line
 from opscli.queues import StorageQueue
@@ -122,7 +130,8 @@ class ShownRecords:
         """The last line on stderr: what was shown, and, when nothing was, whether the queue is really empty."""
         if self.messages:
             unreadable = counted(self.unreadable, "unreadable message")
-            return f"{self.printer.summary('record')} ({where})" + (f"; {unreadable} left on it" if self.unreadable else "")
+            left = f"; {unreadable} left on it" if self.unreadable else ""
+            return f"{self.printer.summary('record')} ({where}){left}"
         if not hidden:
             return f"no records on '{self.queue_name}'"
         if isinstance(hidden, str):
