@@ -22,6 +22,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@touch $(STAMP)
 
 test: install $(NPM_STAMP) $(CHECKOV_STAMP)
+	$(VENV)/bin/ruff check .
 	CHECKOV=$(abspath $(CHECKOV_VENV)/bin/checkov) $(PY) -m pytest
 
 # checkov pins many packages of its own, so it gets a venv of its own.

@@ -1,5 +1,6 @@
 """How ftcancel fails: one line on stderr and an exit code, never a traceback.
 
+    PROG                     - the command's name, which starts every line it writes to stderr
     CliError                 - reported as `ftcancel: <message>`, exits with `exit_code`
     network_reason(err)      - "connection refused", "the host name does not resolve", ... for a failed connection
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import socket
 import ssl
 
+PROG = "ftcancel"
 EXIT_OK = 0
 EXIT_ERROR = 1  # Azure, the storage account or the function app could not be used
 EXIT_USAGE = 2  # bad arguments or job ids; nothing was sent

@@ -1,11 +1,10 @@
-"""Calling the function app's HTTP routes with a function key (CONTRACT section 3 and the bulk route).
+"""Calling the function app's bulk route with a function key (CONTRACT section 8, docs/contract.md section 8).
 
-One job goes to `POST {url}/openai/fine_tuning/jobs/{id}/cancel` (or, on a named resource,
-`POST {url}/resources/{name}/openai/fine_tuning/jobs/{id}/cancel`); several go to `POST {url}/cancel`
-in requests of at most 100 ids, with a top-level `"resource"` when one is named. Both give back
-result records: the bulk route answers with the records themselves; for the single route a record
-is built from the answer (status, body, `x-request-id`), without the fields only the results
-queue's copy has (attempts, times).
+Every cancel goes to `POST {url}/cancel`, in requests of at most 100 ids, and the route answers
+`{"results": [record, ...]}` in input order: the function's own records, printed as they are. The
+single-job route is not used, because its answer is the job or an error, from which a record can
+only be guessed: a job cancelled just now and one that was already cancelled both answer 200 with
+the job, while their records say `cancelled` and `already_terminal`.
 """
 
 from __future__ import annotations
@@ -17,13 +16,12 @@ from urllib.parse import urlsplit
 import requests
 
 from opscli.errors import EXIT_USAGE, CliError, network_reason
-from shared.settings import DEFAULT_RESOURCE, is_loopback_host
+from shared.settings import is_loopback_host
 
 MAX_IDS_PER_REQUEST = 100  # the bulk route's limit
 CONNECT_TIMEOUT_SECONDS = 10
 # The host ends a function after functionTimeout (host.json: 5 minutes); wait a little longer for its answer.
 READ_TIMEOUT_SECONDS = 320
-RETRYABLE_STATUSES = frozenset({429, 503})  # the contract's rows marked retryable
 
 
 class FunctionApp:
@@ -34,31 +32,21 @@ class FunctionApp:
         self._session = session or requests.Session()
         self._session.headers["x-functions-key"] = function_key
 
-    def cancel_one(
-        self, job_id: str, *, wait_seconds: float, correlation_id: str | None, resource: str | None = None
-    ) -> dict[str, Any]:
-        """Cancel one job through the single route (on a named resource, its route); the answer as a record."""
-        prefix = f"{self.api_url}/resources/{resource}" if resource is not None else self.api_url
-        response = self._post(
-            f"{prefix}/openai/fine_tuning/jobs/{job_id}/cancel",
-            params={"wait_seconds": _number(wait_seconds)} if wait_seconds else None,
-            headers={"x-correlation-id": correlation_id} if correlation_id else None,
-        )
-        body = _json_body(response, self.api_url)
-        if not isinstance(body, dict):
-            raise CliError(f"the function app answered {response.status_code} with JSON that is not an object")
-        return single_route_record(
-            job_id, response.status_code, body, response.headers, correlation_id, resource=resource or DEFAULT_RESOURCE
-        )
-
-    def cancel_many(
+    def cancel(
         self, job_ids: Sequence[str], *, wait_seconds: float, correlation_id: str | None, resource: str | None = None
     ) -> Iterator[list[dict[str, Any]]]:
-        """Cancel through the bulk route, 100 ids a request; yields each request's records in input order."""
+        """Cancel through the bulk route, 100 ids a request; yields each request's records in input order.
+
+        With `resource`, one id is sent as `{"job_id", "resource"}`, so a name the app does not know is that
+        job's `rejected` record (exit 3); several ids name it once for the request, which the route then
+        refuses whole (400, exit 1): both as docs/cli.md says.
+        """
         for start in range(0, len(job_ids), MAX_IDS_PER_REQUEST):
             chunk = list(job_ids[start : start + MAX_IDS_PER_REQUEST])
             payload: dict[str, Any] = {"job_ids": chunk}
-            if resource is not None:
+            if resource is not None and len(job_ids) == 1:
+                payload["job_ids"] = [{"job_id": chunk[0], "resource": resource}]
+            elif resource is not None:
                 payload["resource"] = resource
             if wait_seconds:
                 payload["wait_seconds"] = _number(wait_seconds)
@@ -67,11 +55,12 @@ class FunctionApp:
             response = self._post(f"{self.api_url}/cancel", json=payload)
             body = _json_body(response, self.api_url)
             records = body.get("results") if isinstance(body, dict) else None
-            if response.status_code != 200 or not isinstance(records, list) or len(records) != len(chunk):
-                error = body.get("error") if isinstance(body, dict) else None
-                message = error.get("message") if isinstance(error, dict) else "no results list"
-                raise CliError(f"the bulk route answered {response.status_code}: {message}")
+            if not _records_of(records, chunk):
+                raise CliError(f"the bulk route answered {response.status_code}: {_error_message(body)}")
             yield records
+            if response.status_code != 200:
+                # 503 with results: every job's record is above, but not all are on the results queue.
+                raise CliError(f"the bulk route answered {response.status_code}: {_error_message(body)}")
 
     def _post(self, url: str, **kwargs: Any) -> requests.Response:
         try:
@@ -109,32 +98,15 @@ def checked_api_url(api_url: str) -> str:
     return url
 
 
-def single_route_record(
-    job_id: str, status: int, body: dict[str, Any], headers: Any, correlation_id: str | None, *, resource: str
-) -> dict[str, Any]:
-    """The record the single route's answer stands for (CONTRACT section 3's table read backwards)."""
-    error = body.get("error") if isinstance(body.get("error"), dict) else None
-    code = (error or {}).get("code")
-    if 200 <= status < 300:
-        outcome = "cancelled"  # also when it was cancelled before: the answer does not tell them apart
-    elif status == 409 and code == "unexpectedEntityState":
-        outcome = "already_terminal"
-    elif status == 400 and code == "invalidPayload":
-        outcome = "rejected"
-    else:
-        outcome = "failed"
-    return {
-        "job_id": job_id,
-        "resource": resource,
-        "outcome": outcome,
-        "job": None if error is not None else body,
-        "error": error,
-        "status_code": status,
-        "retryable": status in RETRYABLE_STATUSES,
-        "trigger": "http",
-        "correlation_id": correlation_id,
-        "request_id": headers.get("x-request-id"),
-    }
+def _records_of(records: object, chunk: list[str]) -> bool:
+    """Whether the answer's `results` are one record (a JSON object) per id sent."""
+    return isinstance(records, list) and len(records) == len(chunk) and all(isinstance(r, dict) for r in records)
+
+
+def _error_message(body: object) -> str:
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) else "no results list"
 
 
 def _json_body(response: requests.Response, api_url: str) -> Any:

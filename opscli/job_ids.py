@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from opscli.errors import EXIT_USAGE, CliError, counted
+from opscli.errors import EXIT_USAGE, PROG, CliError, counted
 from shared.records import InvalidRequest, validate_job_id
 
 STDIN_NAME = "-"
@@ -94,7 +94,7 @@ def _decoded(raw: bytes, *, name: str) -> str:
 def check_job_ids(found: JobIds, *, skip_invalid: bool, stderr: TextIO) -> list[str]:
     """Report every problem on stderr before anything is sent; stop (exit 2) on invalid ids unless skipping them."""
     for problem in (*found.invalid, *found.duplicates):
-        print(f"ftcancel: {problem.where}: {problem.message}", file=stderr)
+        print(f"{PROG}: {problem.where}: {problem.message}", file=stderr)
     if found.invalid and not skip_invalid:
         valid = f"the {counted(len(found.ids), 'valid one')}"
         raise CliError(
@@ -105,3 +105,15 @@ def check_job_ids(found: JobIds, *, skip_invalid: bool, stderr: TextIO) -> list[
     if not found.ids:
         raise CliError("no valid job ids: nothing was sent", exit_code=EXIT_USAGE)
     return found.ids
+
+
+def unsent_note(found: JobIds, job_ids: list[str], sent: int) -> str:
+    """What a command that stopped part-way had not sent: `120 of 200 sent; not sent: ftjob-… (ids.txt:123) and …`."""
+    if sent >= len(job_ids):
+        return f"all {sent} were sent"
+    if sent == 0:
+        return "nothing was sent"
+    first = job_ids[sent]
+    rest = len(job_ids) - sent - 1
+    after = f" and the {rest} after it" if rest else ""
+    return f"{sent} of {len(job_ids)} sent; not sent: {first} ({found.source(first)}){after}"

@@ -101,21 +101,21 @@ def table_cells(record: Mapping[str, Any]) -> list[str]:
         str(job.get("status") or "-"),
         "-" if retryable is None else ("yes" if retryable else "no"),
         "-" if attempts is None else str(attempts),
-        shorten(str(record.get("correlation_id") or "-"), CORRELATION_ID_WIDTH),
+        printable_line(str(record.get("correlation_id") or "-"), CORRELATION_ID_WIDTH),
         str(record.get("completed_at") or "-"),
-        shorten(str(error.get("message") or ""), ERROR_MESSAGE_WIDTH),
+        printable_line(str(error.get("message") or ""), ERROR_MESSAGE_WIDTH),
     ]
     return [printable(cell) for cell in cells]
 
 
-def shorten(text: str, width: int) -> str:
+def printable_line(text: str, width: int) -> str:
     """One printable line of at most `width` characters, `…` where it was cut."""
     text = printable(" ".join(text.split()))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def printable(text: str) -> str:
-    """`text` with control characters and lone surrogates as `\\x1b`-style escapes: a record cannot drive the terminal."""
+    """`text` with control characters and lone surrogates as `\\x1b`-style escapes: records cannot drive a terminal."""
     return _UNPRINTABLE.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
 
 

@@ -411,6 +411,41 @@ def test_cancel_several_jobs_prints_a_table_and_exits_3_when_one_failed(
     assert simulator.job(running)["status"] == "cancelled"
 
 
+def test_cancel_tells_a_job_cancelled_now_from_one_already_cancelled_and_prints_the_apps_own_records(
+    cli: Cli, start_local_app, simulator: FineTuningSimulator
+):
+    app = start_local_app()
+    running = [simulator.create_job(status="running")["id"] for _ in range(3)]
+    function = {"FTCANCEL_URL": app.api_url, "FTCANCEL_FUNCTION_KEY": app.function_key}
+
+    first = cli.run("cancel", running[0], "--json", env=function)
+    again = cli.run("cancel", running[0], "--json", env=function)
+    again_in_a_table = cli.run("cancel", running[0], env=function)
+    several = cli.run("cancel", running[0], running[1], "--json", env=function)
+    several_in_a_table = cli.run("cancel", running[1], running[2], env=function)
+
+    assert [run.returncode for run in (first, again, again_in_a_table, several, several_in_a_table)] == [0] * 5
+    [now], [before] = json_lines(first.stdout), json_lines(again.stdout)
+    assert (now["outcome"], now["status_code"], now["job"]["status"]) == ("cancelled", 200, "cancelled")
+    assert (before["outcome"], before["status_code"], before["job"]["status"]) == ("already_terminal", 200, "cancelled")
+    assert (first.stderr, again.stderr) == ("1 job: 1 cancelled\n", "1 job: 1 already_terminal\n")
+    [row] = again_in_a_table.stdout.splitlines()[2:]
+    assert row.split()[:6] == [running[0], "default", "already_terminal", "200", "cancelled", "no"]
+    assert row.split()[6].isdigit()  # attempts: a record of the app's, not one guessed from an answer ("-")
+    assert [(r["job_id"], r["outcome"]) for r in json_lines(several.stdout)] == [
+        (running[0], "already_terminal"), (running[1], "cancelled")
+    ]
+    assert several.stderr == "2 jobs: 1 cancelled, 1 already_terminal\n"
+    assert table_rows(several_in_a_table.stdout) == {running[1]: "already_terminal", running[2]: "cancelled"}
+    # What was printed is the app's record, field for field, as it wrote it to the results queue.
+    printed = [now, before, *json_lines(several.stdout)]
+    taken = cli.run("results", "--delete", "--json", "--connection-string", app.connection_string,
+                    "--queue", app.results_queue.queue_name)
+    queued = {record["request_id"]: record for record in json_lines(taken.stdout)}
+    assert [queued[record["request_id"]] for record in printed] == printed
+    assert all(record["attempts"] >= 1 and record["completed_at"] for record in printed)
+
+
 def test_cancel_sends_more_than_100_ids_in_requests_of_100(
     cli: Cli, start_local_app, simulator: FineTuningSimulator, tmp_path: Path
 ):
