@@ -8,7 +8,7 @@ the function only with a Content-Length above 0; what the function returns is co
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
