@@ -2,28 +2,21 @@
 
 The vault speaks the challenge protocol azure-keyvault-secrets 4.x expects (401 + `WWW-Authenticate`
 until a bearer token from the identity endpoint is sent), serves `GET/PUT /secrets/...`, counts
-reads and can fail on purpose (outage, next-N failures, RBAC denial). The identity endpoint answers
-the `IDENTITY_ENDPOINT`/`IDENTITY_HEADER` protocol (api-version 2019-08-01) that azure-identity's
-ManagedIdentityCredential uses on App Service and Functions. `environ()` gives the settings that make
+reads and can fail on purpose (outage, next-N failures, RBAC denial). Beside it runs the
+managed-identity endpoint that issues its tokens (`devstack/keyvault_identity.py`, optionally
+signed: `signed_token`, `verify_signed_token`); its certificate and CA bundle come from
+`devstack/keyvault_tls.py`. `environ()` gives the settings that make
 `SecretClient(url, DefaultAzureCredential(), verify_challenge_resource=False)` work unchanged.
-With a `token_signing_key`, each token also carries its audience and expiry signed with that key
-(HMAC-SHA256), so another process holding the key (the Azure OpenAI simulator of the local stack)
-can check a token offline, as a service checks an Entra token's signature: `verify_signed_token`.
 Run standalone with `python -m devstack.keyvault_emulator --port N --secret NAME=VALUE`.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
-import hmac
 import json
-import os
 import re
 import secrets
 import shutil
-import ssl
 import sys
 import tempfile
 import threading
@@ -34,18 +27,18 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import parse_qsl, unquote
-
-import trustme
+from urllib.parse import unquote
 
 from devstack._http import AppHandler, BackgroundServer, EmulatorServer, QuietHandler, serve_until_signalled
+from devstack.keyvault_identity import IDENTITY_PATH, IdentityEndpoint, signed_token, verify_signed_token
+from devstack.keyvault_tls import server_context
+
+# Imported from here by the tests and the stack.
+__all__ = ["CHALLENGE", "KeyVaultEmulator", "signed_token", "verify_signed_token"]
 
 VAULT_RESOURCE = "https://vault.azure.net"
 TENANT_ID = "00000000-0000-0000-0000-000000000000"
 CHALLENGE = f'Bearer authorization="https://login.microsoftonline.com/{TENANT_ID}", resource="{VAULT_RESOURCE}"'
-IDENTITY_API_VERSION = "2019-08-01"
-IDENTITY_PATH = "/msi/token"
-SYSTEM_ASSIGNED_CLIENT_ID = "11111111-1111-1111-1111-111111111111"
 _SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
 _ACCEPTED_AUDIENCES = frozenset({VAULT_RESOURCE, VAULT_RESOURCE + "/"})
 _CONTENT_TYPE = "application/json; charset=utf-8"
@@ -78,25 +71,6 @@ def _kv_error(code: str, message: str, inner: str | None = None) -> dict[str, An
     return {"error": error}
 
 
-def system_ca_bundle(*, exclude: Path | None = None) -> Path | None:
-    """Return the CA bundle this process trusts now (REQUESTS_CA_BUNDLE, SSL_CERT_FILE, certifi, OpenSSL)."""
-    candidates = [os.environ.get("REQUESTS_CA_BUNDLE"), os.environ.get("SSL_CERT_FILE")]
-    try:
-        import certifi
-
-        candidates.append(certifi.where())
-    except ImportError:
-        pass
-    candidates.append(ssl.get_default_verify_paths().cafile)
-    for candidate in candidates:
-        if not candidate or not Path(candidate).is_file():
-            continue
-        path = Path(candidate).resolve()
-        if exclude is None or path != exclude.resolve():  # never build on our own previous bundle
-            return path
-    return None
-
-
 class KeyVaultEmulator:
     """Key Vault secrets API over HTTPS plus a managed-identity token endpoint, both on loopback."""
 
@@ -112,15 +86,14 @@ class KeyVaultEmulator:
         token_signing_key: bytes | None = None,
     ) -> None:
         self.host = host
-        self._token_signing_key = token_signing_key
-        self.token_lifetime = token_lifetime
-        self._identity_header = identity_header or secrets.token_urlsafe(24)
+        self.identity = IdentityEndpoint(
+            identity_header=identity_header or secrets.token_urlsafe(24),
+            token_lifetime=token_lifetime,
+            signing_key=token_signing_key,
+        )
         self._lock = threading.Lock()
         self._secrets: dict[str, list[dict[str, Any]]] = {}  # lower-cased name -> versions, oldest first
-        self._tokens: dict[str, tuple[float, str]] = {}  # token -> (expires_on, resource)
         self._reads: Counter[str] = Counter()
-        self._token_count = 0
-        self._token_requests: list[dict[str, str]] = []
         self._available = True
         self._denied = False
         self._faults: list[list[Any]] = []  # [status, drop, remaining]
@@ -130,19 +103,10 @@ class KeyVaultEmulator:
         if workdir is None:
             # Kept past stop() so clients still pointed at the bundle see "connection refused", not a missing file.
             weakref.finalize(self, shutil.rmtree, str(self.workdir), ignore_errors=True)
-        ca = trustme.CA()
-        server_cert = ca.issue_cert("127.0.0.1", "localhost")
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server_cert.configure_cert(context)
-        self.ca_pem = self.workdir / "emulator-ca.pem"
-        ca.cert_pem.write_to_path(str(self.ca_pem))
-        self.ca_bundle = self.workdir / "ca-bundle.pem"
-        base = system_ca_bundle(exclude=self.ca_bundle)
-        base_pem = base.read_bytes() if base is not None else b""
-        self.ca_bundle.write_bytes(base_pem.rstrip(b"\n") + b"\n" + ca.cert_pem.bytes())
+        context, self.ca_pem, self.ca_bundle = server_context(self.workdir)
 
         vault = EmulatorServer((host, port), AppHandler, app=self.handle_vault, ssl_context=context)
-        identity = EmulatorServer((host, identity_port), AppHandler, app=self.handle_identity)
+        identity = EmulatorServer((host, identity_port), AppHandler, app=self.identity.handle)
         self._vault = BackgroundServer(vault, "keyvault-emulator")
         self._identity = BackgroundServer(identity, "identity-emulator")
 
@@ -171,7 +135,7 @@ class KeyVaultEmulator:
     @property
     def identity_header(self) -> str:
         """Return the IDENTITY_HEADER value."""
-        return self._identity_header
+        return self.identity.identity_header
 
     def environ(self) -> dict[str, str]:
         """Return the environment that points the function app (and the Azure SDK) at this emulator."""
@@ -218,27 +182,23 @@ class KeyVaultEmulator:
     @property
     def token_count(self) -> int:
         """Return how many tokens the identity endpoint has issued."""
-        with self._lock:
-            return self._token_count
+        return self.identity.token_count
 
     @property
     def token_requests(self) -> list[dict[str, str]]:
         """Return the query of every token request that got a token (resource, client_id, ...)."""
-        with self._lock:
-            return [dict(query) for query in self._token_requests]
+        return self.identity.token_requests
 
     @property
     def issued_tokens(self) -> list[str]:
         """Return every bearer token the identity endpoint has issued (for leak searches)."""
-        with self._lock:
-            return list(self._tokens)
+        return self.identity.issued_tokens
 
     def reset_counts(self) -> None:
         """Zero the read and token counters and forget token requests."""
         with self._lock:
             self._reads.clear()
-            self._token_count = 0
-            self._token_requests.clear()
+        self.identity.reset_counts()
 
     # --- faults ----------------------------------------------------------------------------
 
@@ -308,8 +268,7 @@ class KeyVaultEmulator:
 
     def verify_token(self, token: str, *, audience: str) -> bool:
         """Whether the identity endpoint issued `token` for `audience` and it has not expired."""
-        with self._lock:
-            issued = self._tokens.get(token)
+        issued = self.identity.issued(token)
         return issued is not None and issued[0] > time.time() and issued[1].rstrip("/") == audience.rstrip("/")
 
     def _authorized(self, handler: QuietHandler) -> str | None:
@@ -320,8 +279,7 @@ class KeyVaultEmulator:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return "AKV10001: Unsupported authorization scheme."
-        with self._lock:
-            issued = self._tokens.get(token.strip())
+        issued = self.identity.issued(token.strip())
         if issued is None:
             return "AKV10032: Invalid token: not issued by the trusted identity endpoint."
         expires_on, resource = issued
@@ -415,85 +373,6 @@ class KeyVaultEmulator:
             return
         record = self._store(name, request["value"], request.get("contentType"), request.get("tags"))
         self._send(handler, 200, self._bundle(record))
-
-    # --- managed identity ------------------------------------------------------------------
-
-    def handle_identity(self, handler: QuietHandler) -> None:
-        """Answer an App Service managed-identity token request (api-version 2019-08-01)."""
-        if handler.command != "GET":
-            handler.read_body()
-            handler.send_json(405, {"statusCode": 405, "message": "Only GET is supported."})
-            return
-        raw_path, _, raw_query = handler.path.partition("?")
-        handler.read_body()
-        if raw_path.rstrip("/") != IDENTITY_PATH:
-            handler.send_json(404, {"statusCode": 404, "message": "Not found."})
-            return
-        secret = handler.headers.get("X-IDENTITY-HEADER")
-        if secret is None:
-            handler.send_json(400, {"statusCode": 400, "message": "The X-IDENTITY-HEADER header is missing."})
-            return
-        if secret != self._identity_header:
-            handler.send_json(401, {"statusCode": 401, "message": "The X-IDENTITY-HEADER header is not valid."})
-            return
-        query = dict(parse_qsl(raw_query))
-        if query.get("api-version") != IDENTITY_API_VERSION:
-            message = f"api-version must be {IDENTITY_API_VERSION}."
-            handler.send_json(400, {"statusCode": 400, "message": message})
-            return
-        resource = query.get("resource")
-        if not resource:
-            handler.send_json(400, {"statusCode": 400, "message": "The resource parameter is required."})
-            return
-        expires_on = int(time.time()) + self.token_lifetime
-        if self._token_signing_key is None:
-            token = secrets.token_urlsafe(32)
-        else:
-            token = signed_token(self._token_signing_key, audience=resource, expires_on=expires_on)
-        with self._lock:
-            self._tokens[token] = (expires_on, resource)
-            self._token_count += 1
-            self._token_requests.append(query)
-        handler.send_json(
-            200,
-            {
-                "access_token": token,
-                "expires_on": str(expires_on),  # App Service sends epoch seconds as a string
-                "resource": resource,
-                "token_type": "Bearer",
-                "client_id": query.get("client_id") or SYSTEM_ASSIGNED_CLIENT_ID,
-            },
-        )
-
-
-def signed_token(key: bytes, *, audience: str, expires_on: int) -> str:
-    """A bearer token naming its audience and expiry, signed with `key`: `<claims>.<signature>`, base64url."""
-    claims = json.dumps({"aud": audience, "exp": expires_on, "jti": secrets.token_hex(8)}, separators=(",", ":"))
-    encoded = _base64url(claims.encode())
-    return f"{encoded}.{_base64url(hmac.new(key, encoded.encode(), hashlib.sha256).digest())}"
-
-
-def verify_signed_token(token: str, *, key: bytes, audience: str, now: float | None = None) -> bool:
-    """Whether `token` was signed with `key` for `audience` (trailing `/` ignored) and has not expired."""
-    encoded, _, signature = token.partition(".")
-    expected = _base64url(hmac.new(key, encoded.encode(), hashlib.sha256).digest())
-    if not hmac.compare_digest(signature.encode(), expected.encode()):
-        return False
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
-    except ValueError:
-        return False
-    if not isinstance(claims, dict) or not isinstance(claims.get("aud"), str):
-        return False
-    expires_on = claims.get("exp")
-    if not isinstance(expires_on, int) or expires_on <= (time.time() if now is None else now):
-        return False
-    return claims["aud"].rstrip("/") == audience.rstrip("/")
-
-
-def _base64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the emulator until SIGINT/SIGTERM, printing one ready line with environ() as JSON."""

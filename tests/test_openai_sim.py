@@ -25,7 +25,7 @@ import requests
 
 from devstack import spec
 from devstack._http import QuietHandler, read_ready_line
-from devstack.openai_sim import FineTuningSimulator
+from devstack.openai_sim import FaultPlan, FineTuningSimulator
 
 KEY = "sim-test-key-0123456789"
 API_VERSION = "2024-10-21"
@@ -634,6 +634,25 @@ def test_fault_rate_timeout_and_drop(sim: FineTuningSimulator, http: requests.Se
     sim.set_fault_rate(1.0, kinds=("drop",))
     with pytest.raises(requests.exceptions.ConnectionError):
         call(http, sim, "GET", JOBS)
+
+
+def test_faults_are_counted_by_kind_as_they_are_injected(sim: FineTuningSimulator, http: requests.Session) -> None:
+    """The simulator counts its own faults: a random one by its kind, a scripted one as "scripted"."""
+    sim.fail_next(2, status=503)
+    sim.set_fault_rate(0.5, seed=7, kinds=("429", "500"))
+    statuses = [call(http, sim, "GET", JOBS).status_code for _ in range(40)]
+
+    assert statuses[:2] == [503, 503]
+    assert sim.fault_counts() == {"scripted": 2, "429": statuses[2:].count(429), "500": statuses.count(500)}
+    assert 0 < statuses.count(429) and 0 < statuses.count(500)
+
+
+def test_a_fault_plan_given_at_start_applies_from_the_first_request() -> None:
+    """A simulator built with a FaultPlan fails from its first request, and counts what it injected."""
+    with FineTuningSimulator(api_key=KEY, faults=FaultPlan(1.0, kinds=("drop",))) as simulator:
+        with requests.Session() as session, pytest.raises(requests.exceptions.ConnectionError):
+            call(session, simulator, "GET", JOBS)
+        assert simulator.fault_counts() == {"drop": 1}
 
 
 @pytest.mark.parametrize(("probability", "kinds"), [(1.5, ("500",)), (-0.1, ("500",)), (0.5, ("418",)), (0.5, ())])

@@ -12,15 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from devstack.chaos import (
-    ChaosRun,
-    ChaosSettings,
-    Kind,
-    PlannedRequest,
-    count_secrets,
-    record_problem,
-    search_log_files,
-)
+from devstack.chaos import ChaosRun, ChaosSettings
+from devstack.chaos.judge import count_secrets, record_problem, search_log_files
+from devstack.chaos.plan import Kind, PlannedRequest
 
 CHAOS_MESSAGES = 300
 TIME_LIMIT_SECONDS = 80  # the run stops itself past this; it takes about 25 s on two cores
