@@ -20,6 +20,7 @@ from typing import TextIO
 
 from opscli.errors import EXIT_INTERRUPTED, EXIT_NOT_CANCELLED, EXIT_OK, EXIT_USAGE, CliError, counted
 from opscli.function_client import FunctionApp
+from opscli.guard_cli import add_guard_commands
 from opscli.job_ids import JobIds, check_job_ids, read_job_ids
 from opscli.output import RecordPrinter, shorten
 from opscli.progress import Progress
@@ -464,4 +465,5 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"a function key of the app (default: ${FUNCTION_KEY_ENV})")
     cancel.add_argument("--json", action="store_true", help="one record a line")
     cancel.set_defaults(run=run_cancel)
+    add_guard_commands(commands, common=common, formatter=formatter)
     return parser

@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from devstack.openai_sim import FineTuningSimulator
+from opscli.cli import main
 from tests.test_guard import (
     ACTIVE,
     COMMON_BUDGET_ALERT,
@@ -221,3 +222,27 @@ def test_budget_alerts_cancel_every_active_job_and_anything_else_is_refused(
         (resource, job_id, "guard:budget-alert") for resource, job_id in late
     }
     assert cancels_sent(simulator, second) == sorted(job_id for _, job_id in active | late)
+
+
+# --- the kill switch, from ftcancel --------------------------------------------------------------
+
+
+def test_ftcancel_guard_cancel_active_cancels_the_running_jobs_of_one_resource(
+    start_local_app, simulator, second, capsys  # noqa: F811
+):
+    seeded = seed_every_state(second)
+    seed_every_state(simulator)
+    app = start_guarded(start_local_app, second, schedule=NOT_DURING_THE_TEST, exempt_suffixes=["keep"])
+    running = {seeded[name] for name in ("young-running", "old-running", "other-model")}
+    argv = ["guard", "cancel-active", "--url", app.api_url, "--key", app.function_key, "--resource", "second",
+            "--states", "running"]
+    assert main([*argv, "--dry-run"]) == 0
+    assert set(capsys.readouterr().out.split()) == running and app.messages_left() == 0
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert set(out.split()) == running and f"enqueued {len(running)} cancel requests" in err
+    records = app.wait_for_records(len(running))
+    assert {(r["resource"], r["job_id"], r["correlation_id"]) for r in records} == {
+        ("second", job_id, "guard:cancel-active") for job_id in running
+    }
+    assert cancels_sent(simulator) == [] and cancels_sent(second) == sorted(running)
