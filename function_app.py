@@ -15,7 +15,7 @@ import azure.functions as func
 from shared.answers import HttpAnswer, bulk_answer, record_answer
 from shared.bulk import cancel_many
 from shared.cancel import cancel_from_http, handle_queue_message, max_dequeue_count, write_records
-from shared.guard import budget_alert, cancel_active
+from shared.guard import budget_alert, cancel_active, sweep
 from shared.health import health
 
 
@@ -122,3 +122,14 @@ def guard_cancel_active(req: func.HttpRequest) -> func.HttpResponse:
 def guard_budget_alert(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/guard/budget-alert: an Azure budget alert, acted on as GUARD_POLICY's on_budget_alert says."""
     return _http_response(budget_alert(req.get_body()))
+
+
+@app.function_name("guard_sweep")
+@app.timer_trigger(arg_name="timer", schedule="%GUARD_SCHEDULE%")
+def guard_sweep(timer: func.TimerRequest) -> None:
+    """The guard's sweep on %GUARD_SCHEDULE% (six-field NCRONTAB, UTC): each breaker of GUARD_POLICY enqueued once.
+
+    The host refuses to index this function when GUARD_SCHEDULE is unset, and runs the others (see README,
+    "Guardrails"); without GUARD_POLICY the sweep lists nothing.
+    """
+    sweep()

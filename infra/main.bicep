@@ -70,6 +70,25 @@ param keyVaultPublicNetworkAccess string = 'Enabled'
 @description('Most instances the app scales out to (Flex Consumption: 40 to 1000).')
 param maximumInstanceCount int = 100
 
+@description('The guard\'s policy, GUARD_POLICY: a JSON object (max_age_minutes, allowed_models, exempt_job_ids, exempt_suffixes, resources, dry_run, on_budget_alert; README "Guardrails"). Empty: no policy, the sweep lists nothing and budget alerts cancel nothing.')
+param guardPolicy string = ''
+
+// An optional budget whose alerts pull the guard's kill switch (GUARD_POLICY's on_budget_alert).
+@minValue(0)
+@description('Monthly budget of the subscription, in its billing currency, whose alerts call the app\'s budget-alert route. 0: no budget and no action group.')
+param budgetAmount int = 0
+
+@minLength(1)
+@maxLength(5)
+@description('Percentages of budgetAmount (actual spend) at which the budget alerts the app: 1 to 5 of them.')
+param budgetThresholds array = [
+  80
+  100
+]
+
+@description('First day of the budget (the first of a month); default the first of this month.')
+param budgetStartDate string = utcNow('yyyy-MM-01')
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
@@ -89,6 +108,8 @@ var upstreamTimeoutSeconds = '30'
 var upstreamMaxRetries = '3'
 var upstreamDeadlineSeconds = '60'
 var resultsTtlSeconds = '-1'
+// The guard's sweep every five minutes (six-field NCRONTAB); the host disables the timer when it is unset.
+var guardSchedule = '0 */5 * * * *'
 
 // /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.CognitiveServices/accounts/<name>:
 // its shape is checked before any part is read (`?:` evaluates only the branch it takes), so a
@@ -297,6 +318,8 @@ module api 'modules/functionapp.bicep' = {
     upstreamMaxRetries: upstreamMaxRetries
     upstreamDeadlineSeconds: upstreamDeadlineSeconds
     resultsTtlSeconds: resultsTtlSeconds
+    guardSchedule: guardSchedule
+    guardPolicy: guardPolicy
     azureOpenAiResourcesAreValid: extraOpenAiResourcesAreValid
     // Each entry's value is what the app reads for it (shared/settings.py _named_resources).
     azureOpenAiResources: [for (extra, index) in extraOpenAi: {
@@ -311,6 +334,46 @@ module api 'modules/functionapp.bicep' = {
   dependsOn: [
     rbac
   ]
+}
+
+// The budget and its action group, only when budgetAmount is set. Each threshold is one notification
+// (a budget takes at most five); the object is written out because checkov's pycep-parser reads no
+// toObject(), and `?:` reads only the branch it takes, so no index past the list is read.
+var useBudget = budgetAmount > 0
+
+module budgetAlert 'modules/budget-alert.bicep' = if (useBudget) {
+  name: 'budget-alert'
+  scope: rg
+  params: {
+    name: 'ag-guard-${resourceToken}'
+    functionAppName: api.outputs.name
+    tags: tags
+  }
+}
+
+var budgetNotificationList = [for threshold in budgetThresholds: {
+  enabled: true
+  operator: 'GreaterThanOrEqualTo'
+  threshold: threshold
+  thresholdType: 'Actual'
+  contactGroups: [
+    budgetAlert!.outputs.id
+  ]
+}]
+var budgetNotifications = union({ threshold1: budgetNotificationList[0] }, length(budgetThresholds) > 1 ? { threshold2: budgetNotificationList[1] } : {}, length(budgetThresholds) > 2 ? { threshold3: budgetNotificationList[2] } : {}, length(budgetThresholds) > 3 ? { threshold4: budgetNotificationList[3] } : {}, length(budgetThresholds) > 4 ? { threshold5: budgetNotificationList[4] } : {})
+var budgetName = 'budget-ft-${resourceToken}'
+
+resource budget 'Microsoft.Consumption/budgets@2021-10-01' = if (useBudget) {
+  name: budgetName
+  properties: {
+    category: 'Cost'
+    amount: budgetAmount
+    timeGrain: 'Monthly'
+    timePeriod: {
+      startDate: budgetStartDate
+    }
+    notifications: budgetNotifications
+  }
 }
 
 // Names and URLs only: no key, connection string or secret value is ever an output.
@@ -331,3 +394,4 @@ output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output CANCEL_REQUESTS_QUEUE string = cancelRequestsQueue
 output CANCEL_RESULTS_QUEUE string = cancelResultsQueue
 output CANCEL_REQUESTS_POISON_QUEUE string = cancelRequestsPoisonQueue
+output AZURE_BUDGET_NAME string = useBudget ? budgetName : ''

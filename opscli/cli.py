@@ -16,12 +16,12 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from opscli import cancel_cli, enqueue_cli, results_cli
+from opscli import cancel_cli, enqueue_cli, guard_cli, results_cli
 from opscli.arguments import EXIT_CODES, FORMATTER
 from opscli.errors import EXIT_INTERRUPTED, EXIT_OK, PROG, CliError
 from opscli.queues import CONNECTION_STRING_ENV
 
-COMMANDS = (enqueue_cli, results_cli, cancel_cli)
+COMMANDS = (enqueue_cli, results_cli, cancel_cli, guard_cli)
 
 MAIN_EPILOG = """\
 examples:

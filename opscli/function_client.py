@@ -52,7 +52,7 @@ class FunctionApp:
                 payload["wait_seconds"] = _number(wait_seconds)
             if correlation_id:
                 payload["correlation_id"] = correlation_id
-            response = self._post(f"{self.api_url}/cancel", json=payload)
+            response = self.post(f"{self.api_url}/cancel", json=payload)
             body = _json_body(response, self.api_url)
             records = body.get("results") if isinstance(body, dict) else None
             if not _records_of(records, chunk):
@@ -62,7 +62,8 @@ class FunctionApp:
                 # 503 with results: every job's record is above, but not all are on the results queue.
                 raise CliError(f"the bulk route answered {response.status_code}: {_error_message(body)}")
 
-    def _post(self, url: str, **kwargs: Any) -> requests.Response:
+    def post(self, url: str, **kwargs: Any) -> requests.Response:
+        """POST with the function key; unreachable, refused keys and redirects become one CliError each."""
         try:
             response = self._session.post(
                 url, timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS), allow_redirects=False, **kwargs

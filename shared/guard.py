@@ -19,6 +19,7 @@ from typing import Any
 
 from shared.answers import HttpAnswer
 from shared.cancel import CancelService, current_service
+from shared.errors import CancelError
 from shared.guard_alerts import MAX_ALERT_BYTES, parse_budget_alert
 from shared.guard_listing import JobListing, list_jobs
 from shared.guard_policy import (
@@ -36,6 +37,7 @@ from shared.guard_store import GuardStore, GuardStoreError, open_guard_store
 from shared.record_text import strict_json
 from shared.records import InvalidRequest, validate_job_id
 from shared.settings import SettingsError, StorageConnection
+from shared.upstream import CallTrace
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +111,9 @@ class Guard:
                     if claim is None:
                         pending += 1
                         continue
+                    if claim.took_over and not self._still_breaks(name, job_id, pick, deadline):
+                        self.store.release(claim)
+                        continue
                     self.store.send_request(claim, breach.rule)
                 except GuardStoreError as err:
                     storage_down = err
@@ -118,6 +123,30 @@ class Guard:
                 enqueued += 1
                 logger.info("guard: enqueued the cancel of %s on %s (%s)", job_id, name, breach.rule)
         return GuardRun(enqueued, tuple(would_cancel), pending, tuple(incomplete), tuple(not_enqueued), dry_run)
+
+    def _still_breaks(
+        self,
+        name: str,
+        job_id: str,
+        pick: Callable[[Sequence[Mapping[str, Any]], float], list[Breach]],
+        deadline: float,
+    ) -> bool:
+        """Whether the job, read again, still breaks a rule: its last request was handled, maybe after the listing.
+
+        The listing can be older than that request's cancel (a sweep lists, then the queue trigger cancels and
+        writes its record, then the sweep claims): without this read the job would be enqueued a second time.
+        When the read does not tell, the job is enqueued (its record then says what happened).
+        """
+        try:
+            reply = self.service.clients[name].get_job(job_id, deadline=deadline, trace=CallTrace())
+        except CancelError:
+            return True
+        if reply.status != 200 or not isinstance(reply.body, dict) or reply.body.get("id") != job_id:
+            return True
+        if any(breach.job_id == job_id for breach in pick([reply.body], self._clock())):
+            return True
+        logger.info("guard: %s on %s no longer breaks a rule since it was listed; not enqueued again", job_id, name)
+        return False
 
 
 class _GuardHolder:

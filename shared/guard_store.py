@@ -69,6 +69,7 @@ class Claim:
     rule: str
     claimed_at: float
     etag: str
+    took_over: bool = False  # replaced a stale claim: the job's last request was handled, maybe after it was listed
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class GuardStore:
             written = self._upload(name, text, overwrite=True, etag=etag)
         except (ResourceModifiedError, ResourceNotFoundError):  # another instance took it first
             return None
-        return Claim(resource, job_id, rule, now, written["etag"])
+        return Claim(resource, job_id, rule, now, written["etag"], took_over=True)
 
     def send_request(self, claim: Claim, correlation_id: str) -> None:
         """Send the claimed job's cancel request and keep its message's id in the claim.
@@ -142,7 +143,7 @@ class GuardStore:
         try:
             sent = self._send(content)
         except AzureError as err:
-            self._release(claim)
+            self.release(claim)
             raise GuardStoreError(f"cancel request for {claim.job_id} not enqueued ({type(err).__name__})") from err
         name = f"claims/{claim.resource}/{claim.job_id}"
         text = _ClaimText(claim.claimed_at, claim.rule, sent.id, sent.pop_receipt).to_bytes()
@@ -182,7 +183,8 @@ class GuardStore:
             pass
         return True
 
-    def _release(self, claim: Claim) -> None:
+    def release(self, claim: Claim) -> None:
+        """Give up a claim without a request sent for it; the next claimant may take it at once."""
         try:
             self._container.delete_blob(
                 f"claims/{claim.resource}/{claim.job_id}", etag=claim.etag, match_condition=MatchConditions.IfNotModified

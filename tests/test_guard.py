@@ -16,6 +16,7 @@ from typing import Any
 import azure.functions as func
 import pytest
 from azure.functions.queue import QueueMessage
+from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient
 
 from devstack.openai_sim import DEFAULT_MODEL, FineTuningSimulator
@@ -209,6 +210,30 @@ def test_a_job_whose_request_was_handled_but_not_cancelled_is_enqueued_again(gua
     assert record["outcome"] == "failed" and record["job_id"] == old
     simulator.clear_faults()
     assert guard.sweep().enqueued == 1  # its record is written: the claim no longer holds
+
+
+def test_a_listing_older_than_the_cancel_of_its_job_enqueues_nothing_again(guarded, monkeypatch, simulator):
+    # A sweep lists, the queue trigger then cancels the job and writes its record, then the sweep claims:
+    # the claim is stale (its message is gone), so the guard reads the job again before enqueuing it.
+    set_policy(monkeypatch, resources=["default"])
+    old = simulator.create_job(status="queued", created_at=int(time.time()) - 2 * HOUR)["id"]
+    listed_before_the_cancel = {"object": "list", "data": simulator.jobs(), "has_more": False}
+    assert guard.sweep().enqueued == 1
+    [record] = deliver_all(guarded)
+    assert record["outcome"] == "cancelled"
+    simulator.fail_next(1, status=200, body=listed_before_the_cancel, method="GET", path_suffix="/fine_tuning/jobs")
+    run = guard.sweep()
+    assert run.would_cancel == (old,) and run.enqueued == 0
+    assert queued_requests(guarded) == [] and sorted(cancels_seen(simulator)) == [old]
+    gets = [r for r in simulator.requests if r.method == "GET" and r.path.endswith(f"/jobs/{old}")]
+    assert len(gets) == 1  # the job was read again once, before anything was sent
+
+
+def test_the_timer_trigger_sweeps(guarded, monkeypatch, simulator):
+    set_policy(monkeypatch, resources=["default"])
+    old = simulator.create_job(status="paused", created_at=int(time.time()) - HOUR)["id"]
+    assert handler("timerTrigger")(timer=TimerRequest(past_due=False)) is None
+    assert queued_requests(guarded) == [{"job_id": old, "resource": "default", "correlation_id": "guard:max-age-paused"}]
 
 
 def test_a_dry_run_sweep_enqueues_nothing_and_says_what_it_would_cancel(guarded, monkeypatch, simulator, caplog):

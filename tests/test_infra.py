@@ -1413,9 +1413,17 @@ RESOURCE_SCHEMAS = {
         "azure.mgmt.authorization.v2022_04_01",
         "RoleAssignmentCreateParameters",
     ),
+    ("Microsoft.Consumption/budgets", "2021-10-01"): ("azure.mgmt.consumption", "Budget"),
+    ("Microsoft.Insights/actionGroups", "2023-01-01"): ("azure.mgmt.monitor", "ActionGroupResource"),
 }
 SINGLE_VERSION_PACKAGES = {
     "azure.mgmt.loganalytics": "LogAnalyticsManagementClientConfiguration",
+    "azure.mgmt.consumption": "ConsumptionManagementClientConfiguration",
+}
+# Packages whose operation groups carry different API versions: the module of the group that sends the
+# resource type names its version as the `api-version` default.
+OPERATION_VERSION_MODULES = {
+    "Microsoft.Insights/actionGroups": "azure.mgmt.monitor.operations._action_groups_operations",
 }
 
 # Bicep's own keywords in a resource body, not ARM properties (`name` is the URL's last segment,
@@ -1507,6 +1515,7 @@ def test_schema_table_covers_every_deployed_resource_at_a_version_its_package_ca
     assert used <= set(RESOURCE_SCHEMAS), f"no schema for {sorted(used - set(RESOURCE_SCHEMAS))}"
     assert set(RESOURCE_SCHEMAS) <= used, f"schemas for types the templates no longer use: {set(RESOURCE_SCHEMAS) - used}"
     import importlib
+    import inspect
 
     for (resource_type, version), (package, model_name) in RESOURCE_SCHEMAS.items():
         schema_model(package, model_name)
@@ -1514,6 +1523,10 @@ def test_schema_table_covers_every_deployed_resource_at_a_version_its_package_ca
             configuration = getattr(importlib.import_module(f"{package}._configuration"), SINGLE_VERSION_PACKAGES[package])
             carried = configuration(credential=object(), subscription_id="0").api_version
             assert carried == version, f"{package} carries {carried}, the template pins {resource_type}@{version}"
+        elif resource_type in OPERATION_VERSION_MODULES:
+            source = inspect.getsource(importlib.import_module(OPERATION_VERSION_MODULES[resource_type]))
+            defaults = set(re.findall(r'_params\.pop\("api-version", "([0-9-]+)"\)', source))
+            assert defaults == {version}, f"{package} sends {resource_type} at {defaults}, the template pins {version}"
         else:
             assert package.endswith("v" + version.replace("-", "_")), f"{package} is not {resource_type}@{version}"
 
@@ -1734,3 +1747,37 @@ def test_the_outputs_name_the_extra_resources() -> None:
     deployment = EXTRA_DEPLOYMENTS[0]
     names = evaluate(parsed(MAIN)["outputs"]["AZURE_OPENAI_RESOURCE_NAMES"]["value"], main_scope(deployment))
     assert names == [r["name"] for r in EXTRA_RESOURCES]
+
+
+# --- the guard (CONTRACT section 8): its settings, and the optional budget that pulls its kill switch ---------
+
+BUDGET_ALERT_MODULE = INFRA / "modules" / "budget-alert.bicep"
+
+
+def test_the_guard_runs_every_five_minutes_and_has_no_policy_by_default() -> None:
+    settings = {entry["name"]: entry["value"] for entry in function_app()["properties"]["siteConfig"]["appSettings"]}
+    assert resolve(module_call(FUNCTION_APP_MODULE)["guardSchedule"], MAIN) == "0 */5 * * * *"
+    assert settings["GUARD_SCHEDULE"] == "guardSchedule" and settings["GUARD_POLICY"] == "guardPolicy"
+    assert parsed(MAIN)["parameters"]["guardPolicy"]["default"] == ""
+
+
+def test_the_budget_is_off_by_default_and_takes_one_to_five_thresholds() -> None:
+    parameters = parsed(MAIN)["parameters"]
+    assert parameters["budgetAmount"]["default"] == 0
+    bounds = {d["type"]: d.get("argument") for d in parameters["budgetThresholds"]["decorators"]}
+    assert (bounds["min_length"], bounds["max_length"]) == (1, 5)  # a budget takes at most five notifications
+    (budget,) = resources_of_type(MAIN, "Microsoft.Consumption/budgets").values()
+    assert budget["config"]["condition"] == "useBudget" and main_module(BUDGET_ALERT_MODULE)["config"]["condition"] == "useBudget"
+    assert "budgetAmount > 0" in MAIN.read_text(encoding="utf-8")
+
+
+def test_the_budgets_action_group_calls_the_budget_alert_route_in_the_common_alert_schema() -> None:
+    group = single(BUDGET_ALERT_MODULE, "Microsoft.Insights/actionGroups")
+    (receiver,) = group["properties"]["webhookReceivers"]
+    assert receiver["useCommonAlertSchema"] is True
+    route = receiver["serviceUri"].split("?")[0]
+    assert route.endswith("/api/guard/budget-alert")  # function_app.py's route under host.json's routePrefix
+    assert "functionKeys.default" in receiver["serviceUri"] and "?code=" in receiver["serviceUri"]
+    assert json.loads((REPO / "host.json").read_text())["extensions"]["http"]["routePrefix"] == "api"
+    text = MAIN.read_text(encoding="utf-8")
+    assert "contactGroups" in text and "budgetAlert!.outputs.id" in text

@@ -67,6 +67,9 @@ param upstreamTimeoutSeconds string
 param upstreamMaxRetries string
 param upstreamDeadlineSeconds string
 param resultsTtlSeconds string
+// The guard (CONTRACT section 8): the timer trigger's NCRONTAB schedule, and the policy (empty: none).
+param guardSchedule string
+param guardPolicy string
 
 // main.bicep passes false when an entry of its azureOpenAiResources is refused: ARM then refuses
 // this module, naming this parameter, and nothing was deployed for any of those resources.
@@ -213,6 +216,14 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'PYTHON_THREADPOOL_THREAD_COUNT'
           value: pythonThreadPoolThreadCount
+        }
+        {
+          name: 'GUARD_SCHEDULE'
+          value: guardSchedule
+        }
+        {
+          name: 'GUARD_POLICY'
+          value: guardPolicy
         }
       ]
     }
