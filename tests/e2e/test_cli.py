@@ -29,7 +29,7 @@ from devstack.openai_sim import FineTuningSimulator
 from devstack.runner import development_storage_connection_string
 from devstack.stack import Azurite
 
-from .queue_polling import message_count, unique_queue_name
+from tests.support.queues import message_count, unique_queue_name
 
 pytestmark = pytest.mark.e2e
 

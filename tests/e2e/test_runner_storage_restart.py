@@ -14,7 +14,7 @@ from azure.storage.queue import QueueClient
 from devstack.runner import FunctionsRunner, HostSettings
 from devstack.stack import Azurite
 
-from .queue_polling import message_count, take_messages
+from tests.support.queues import message_count, take_messages
 
 pytestmark = pytest.mark.e2e
 
