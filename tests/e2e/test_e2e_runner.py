@@ -13,7 +13,7 @@ import requests
 from azure.storage.queue import QueueClient
 
 from devstack.runner import FunctionsRunner, HostSettings, RunnerError, index_functions
-from devstack.stack import Azurite
+from devstack.storage import Azurite
 
 from tests.support.queues import message_count, take_messages, unique_queue_name
 

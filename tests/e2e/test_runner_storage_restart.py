@@ -12,7 +12,7 @@ import pytest
 from azure.storage.queue import QueueClient
 
 from devstack.runner import FunctionsRunner, HostSettings
-from devstack.stack import Azurite
+from devstack.storage import Azurite
 
 from tests.support.queues import message_count, take_messages
 
