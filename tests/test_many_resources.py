@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
 from shared.settings import Settings, SettingsError
-from tests.support.handlers import API_KEY, call_bulk, drain_results, handler
+from tests.support.handlers import API_KEY, SECOND_KEY, call_bulk, drain_results, handler
 from tests.support.properties import PROPERTY_SETTINGS
 
 RESOURCE_ROUTE = "resources/{resource}/openai/fine_tuning/jobs/{job_id}/cancel"
