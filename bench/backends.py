@@ -12,26 +12,21 @@ whose own time is spent asleep rather than on the CPU.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Self
 
 from bench import load
-from devstack._http import read_ready_line
+from devstack.environment import SECRET_NAME, child_environ, emulator_app_settings
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
-from devstack.stack import LOCAL_GUARD_SCHEDULE, Azurite
-from shared.settings import GUARD_SCHEDULE
+from devstack.processes import read_ready_line
+from devstack.storage import Azurite
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key-6a1f0d93c2e84b7e9f51a3c7d2b8e046"
-SECRET_NAME = "azure-openai-api-key"
 COGNITIVE_SERVICES_AUDIENCE = "https://cognitiveservices.azure.com"  # the audience of Entra tokens for Azure OpenAI
-# Variables that would send loopback traffic elsewhere or pick another identity.
-_DROPPED = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME", "MSI_ENDPOINT", "MSI_SECRET")
-_PROXIES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
 class Backends:
@@ -95,19 +90,9 @@ class Backends:
         return self.vault.read_count(SECRET_NAME)
 
     def child_environ(self, **overrides: str) -> dict[str, str]:
-        """This process's environment plus the app settings, for a case's worker process."""
-        environ = {
-            name: value for name, value in os.environ.items() if name not in _DROPPED and name.lower() not in _PROXIES
-        }
-        environ.update(self.vault.environ())
-        environ.update(
-            {
-                "AZURE_OPENAI_ENDPOINT": self.endpoint,
-                "AZURE_OPENAI_KEY_SECRET_NAME": SECRET_NAME,
-                "AzureWebJobsStorage": self.azurite.connection_string,
-                GUARD_SCHEDULE: LOCAL_GUARD_SCHEDULE,
-                "PYTHONPATH": str(REPO),
-                **overrides,
-            }
+        """This process's environment (without `devstack.environment.steering_variables`) plus the app settings,
+        for a case's worker process."""
+        settings = emulator_app_settings(
+            key_vault=self.vault.environ(), openai_endpoint=self.endpoint, storage=self.azurite.connection_string
         )
-        return environ
+        return child_environ({**settings, "PYTHONPATH": str(REPO), **overrides})

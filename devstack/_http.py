@@ -1,26 +1,26 @@
-"""Threaded keep-alive HTTP(S) server base shared by the local emulators, and their ready-line protocol.
+"""Threaded keep-alive HTTP(S) server base shared by the local emulators.
 
 Each response goes out in one socket write with Nagle off, so keep-alive clients never
 wait for a delayed ACK; stop() closes the listener and every open connection promptly.
-Run as programs, emulators print one line `<name> ready <json>` once they serve.
+The ready line an emulator prints when it runs as a program is devstack/processes.py's.
 """
 
 from __future__ import annotations
 
 import json
-import select
-import signal
 import socket
 import ssl
 import sys
 import threading
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from time import time
-from typing import IO, Any
+from typing import Any
+
+# Imported from here by openai_sim.py, keyvault_emulator.py and their tests until they import devstack.processes.
+from devstack.processes import read_ready_line, serve_until_signalled  # noqa: F401
 
 # HTTP/1.1 status lines, built once.
 _STATUS_LINES: dict[int, bytes] = {
@@ -221,26 +221,3 @@ class BackgroundServer:
             self._thread.join(timeout=5)
         self.server.server_close()
         self.server.close_connections()
-
-
-def serve_until_signalled(service: AbstractContextManager[Any], name: str, ready: Callable[[], dict[str, Any]]) -> int:
-    """Run a service until SIGINT/SIGTERM, printing `<name> ready <json>` once it serves."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with service:
-        print(f"{name} ready {json.dumps(ready())}", flush=True)
-        stop.wait()
-    return 0
-
-
-def read_ready_line(stream: IO[str], name: str, *, timeout: float) -> dict[str, Any]:
-    """Wait for `<name> ready <json>` on a child's stdout and return the JSON payload."""
-    readable, _, _ = select.select([stream], [], [], timeout)
-    if not readable:
-        raise TimeoutError(f"{name} printed no ready line within {timeout:.0f} s")
-    line = stream.readline()
-    prefix = name + " ready "
-    if not line.startswith(prefix):
-        raise RuntimeError(f"{name} printed {line!r} instead of a ready line")
-    return json.loads(line[len(prefix) :])

@@ -16,27 +16,25 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import requests
 from azure.storage.queue import QueueClient
 
+from devstack.processes import StackError, shown_path
 from devstack.stack import (
     API_VERSION,
     DEFAULT_RESOURCE,
     KEYLESS_RESOURCE,
     LOG_DIR,
     LocalStack,
-    StackError,
-    format_records,
     ignore_signals,
     interrupt_on_signals,
     report_failure,
-    shown_path,
-    take_records,
 )
+from devstack.storage import parse_record, take_messages
 
 RESULTS_TIMEOUT_SECONDS = 60.0
 INVALID_MESSAGE = "ftjob_0042"  # a typo: job ids have a dash
@@ -157,7 +155,7 @@ def wait_for_records(stack: LocalStack, connection_string: str, queue_name: str,
     shown = -1
     while len(records) < count:
         stack.check_alive()
-        records.extend(take_records(queue))
+        records.extend(parse_record(text) for text in take_messages(queue))
         waited = time.monotonic() - started
         if len(records) != shown:
             say(f"  {len(records)}/{count} records after {waited:.1f} s")
@@ -171,6 +169,41 @@ def wait_for_records(stack: LocalStack, connection_string: str, queue_name: str,
         if len(records) < count:
             time.sleep(0.2)
     return records
+
+
+def format_records(records: Sequence[Mapping[str, Any]]) -> str:
+    """The demo's records as a plain-text table, oldest first, with the trigger that wrote each (ftcancel's table,
+    made for one trigger's records at a time, has no such column)."""
+    columns = ("received (UTC)", "trigger", "resource", "job id", "outcome", "status", "dequeue", "detail")
+    rows = []
+    for record in sorted(records, key=lambda r: r.get("received_at") or ""):
+        error = record.get("error") or {}
+        job = record.get("job") or {}
+        detail = error.get("message") or (f"job status: {job.get('status')}" if job else "")
+        dequeue_count = record.get("dequeue_count") or "-"
+        rows.append(
+            (
+                (record.get("received_at") or "")[11:23],
+                record.get("trigger") or "",
+                record.get("resource") or "-",
+                record.get("job_id") or "(none)",
+                record.get("outcome") or "",
+                str(record.get("status_code", "")),
+                str(dequeue_count),
+                _cut(detail, 60),
+            )
+        )
+    widths = [
+        max(len(column), *(len(row[i]) for row in rows)) if rows else len(column) for i, column in enumerate(columns)
+    ]
+    lines = ["  ".join(text.ljust(width) for text, width in zip(columns, widths)).rstrip()]
+    lines.append("  ".join("-" * width for width in widths))
+    lines.extend("  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join(lines)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def unexpected(records: list[dict[str, Any]]) -> str | None:

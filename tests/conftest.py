@@ -1,71 +1,36 @@
 """Fixtures: the emulators at the network boundary, the contract's settings, and the real handlers.
 
 Handlers are found in `function_app.app` by trigger type, as the host finds them, and called
-with real `func.HttpRequest` / `QueueMessage` objects. The app writes its records to a real
-Azurite (one per session), on a results queue of the test's own; `drain_results()` takes them.
+with real `func.HttpRequest` / `QueueMessage` objects (tests/support/handlers.py). The app writes
+its records to a real Azurite (one per session), on a results queue of the test's own.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import azure.functions as func
 import pytest
-from azure.core.exceptions import ResourceNotFoundError
 from azure.functions.queue import QueueMessage
-from azure.storage.queue import QueueClient
 
+from devstack.environment import emulator_app_settings, steering_variables
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
-from devstack.stack import Azurite
-
-API_KEY = "sim-key-3b9d0c8e41f24a7f9d2e6c5b1a0f8e73"  # distinctive, so a leak is found by search
-SECRET_NAME = "azure-openai-api-key"
-CANCEL_ROUTE = "openai/fine_tuning/jobs/{job_id}/cancel"
-
-
-@dataclass
-class Output:
-    """What a call wrote to the results queue: each message's text, exactly as the queue holds it."""
-
-    values: list[str] = field(default_factory=list)
-
-    @property
-    def records(self) -> list[dict[str, Any]]:
-        return [json.loads(message) for message in self.values]
-
-
-def drain_results() -> Output:
-    """Take every message off this test's results queue (named by the app settings in force)."""
-    queue = QueueClient.from_connection_string(os.environ["AzureWebJobsStorage"], os.environ["CANCEL_RESULTS_QUEUE"])
-    texts: list[str] = []
-    while True:
-        try:
-            batch = list(queue.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=60))
-        except ResourceNotFoundError:  # nothing was ever written
-            batch = []
-        if not batch:
-            return Output(texts)
-        for message in batch:
-            texts.append(message.content)
-            queue.delete_message(message)
-
-
-def handler(trigger_type: str, route: str | None = None) -> Callable[..., Any]:
-    """The user function whose trigger has this type (and, for HTTP, this route), as the host indexes it."""
-    import function_app
-
-    for function in function_app.app.get_functions():
-        for binding in function.get_bindings():
-            if binding.type == trigger_type and route in (None, getattr(binding, "route", None)):
-                return function.get_user_function()
-    raise LookupError(f"{trigger_type} {route}")
+from devstack.storage import Azurite
+from shared.settings import UPSTREAM_DEADLINE_SECONDS, UPSTREAM_MAX_RETRIES, UPSTREAM_TIMEOUT_SECONDS
+from tests.support.handlers import (
+    API_KEY,
+    CANCEL_ROUTE,
+    SECOND_KEY,
+    SECRET_NAME,
+    HttpCall,
+    QueueCall,
+    drain_results,
+    handler,
+)
 
 
 @pytest.fixture(scope="session")
@@ -103,46 +68,21 @@ def app_settings(
 ) -> dict[str, str]:
     """The contract's settings pointing at the emulators, tuned so retries take milliseconds."""
     settings = {
-        **vault.environ(),
-        "AZURE_OPENAI_ENDPOINT": simulator.endpoint,
-        "AzureWebJobsStorage": azurite.connection_string,
-        "UPSTREAM_TIMEOUT_SECONDS": "1",
-        "UPSTREAM_MAX_RETRIES": "3",
-        "UPSTREAM_DEADLINE_SECONDS": "20",
-        "CANCEL_REQUESTS_QUEUE": "cancel-requests",
-        "CANCEL_RESULTS_QUEUE": f"results-{uuid.uuid4().hex[:16]}",
+        **emulator_app_settings(
+            key_vault=vault.environ(),
+            openai_endpoint=simulator.endpoint,
+            storage=azurite.connection_string,
+            results_queue=f"results-{uuid.uuid4().hex[:16]}",
+        ),
+        UPSTREAM_TIMEOUT_SECONDS: "1",
+        UPSTREAM_MAX_RETRIES: "3",
+        UPSTREAM_DEADLINE_SECONDS: "20",
     }
-    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME"):
-        monkeypatch.delenv(name, raising=False)
+    for name in steering_variables(os.environ):
+        monkeypatch.delenv(name)
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
     return settings
-
-
-@dataclass
-class HttpCall:
-    response: func.HttpResponse
-    output: Output
-
-    @property
-    def body(self) -> Any:
-        return json.loads(self.response.get_body())
-
-    @property
-    def record(self) -> dict[str, Any]:
-        [record] = self.output.records
-        return record
-
-
-@dataclass
-class QueueCall:
-    output: Output
-    raised: Exception | None = None
-
-    @property
-    def record(self) -> dict[str, Any]:
-        [record] = self.output.records
-        return record
 
 
 @pytest.fixture
@@ -184,3 +124,12 @@ def call_queue(app_settings: dict[str, str]) -> Callable[..., QueueCall]:
         return QueueCall(drain_results())
 
     return call
+
+
+@pytest.fixture
+def second(vault: KeyVaultEmulator) -> Iterator[FineTuningSimulator]:
+    """A second resource's simulator, its api-key in Key Vault as `azure-openai-api-key-second`."""
+    with FineTuningSimulator(api_key=SECOND_KEY) as sim:
+        vault.set_secret("azure-openai-api-key-second", SECOND_KEY)
+        vault.reset_counts()
+        yield sim

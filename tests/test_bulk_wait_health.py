@@ -10,14 +10,7 @@ import pytest
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
 from shared import __version__
-from tests.conftest import Output, drain_results, handler
-
-
-def call_bulk(body: bytes | dict) -> tuple[func.HttpResponse, Output]:
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = func.HttpRequest(method="POST", url="http://localhost:7071/api/cancel", headers={}, body=raw)
-    response = handler("httpTrigger", "cancel")(req=request)
-    return response, drain_results()
+from tests.support.handlers import call_bulk, handler
 
 
 @pytest.fixture

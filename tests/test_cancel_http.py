@@ -8,7 +8,7 @@ import pytest
 
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
-from tests.conftest import API_KEY, SECRET_NAME
+from tests.support.handlers import API_KEY, SECRET_NAME
 
 ISO_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 RECORD_FIELDS = [

@@ -22,8 +22,7 @@ from azure.storage.queue import QueueClient
 from devstack.openai_sim import DEFAULT_MODEL, FineTuningSimulator
 from shared import guard
 from shared.results_queue import development_storage_connection_string
-from tests.conftest import drain_results, handler
-from tests.test_many_resources import second  # noqa: F401 - fixture
+from tests.support.handlers import drain_results, handler
 
 HOUR = 3600
 MINUTE = 60

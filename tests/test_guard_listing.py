@@ -14,7 +14,7 @@ from devstack.openai_sim import FineTuningSimulator
 from shared.guard_listing import list_jobs
 from shared.resource_client import ResourceClient
 from shared.settings import Settings
-from tests.conftest import API_KEY
+from tests.support.handlers import API_KEY
 
 
 def client_for(resource: str = "default") -> tuple[ResourceClient, list[float]]:

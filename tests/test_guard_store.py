@@ -16,7 +16,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
-from devstack.stack import Azurite
+from devstack.storage import Azurite
 from shared.guard_store import CLAIM_SECONDS, GUARD_CONTAINER, GuardStore, GuardStoreError, open_guard_store
 from shared.results_queue import development_storage_connection_string
 from shared.settings import StorageConnection

@@ -16,9 +16,8 @@ from urllib.parse import quote
 import pytest
 
 from devstack.openai_sim import FineTuningSimulator
-from tests.conftest import API_KEY
-from tests.test_bulk_wait_health import call_bulk
-from tests.test_records_on_the_queue import assert_queue_safe, strict_loads
+from tests.support.handlers import API_KEY, call_bulk
+from tests.support.records import assert_queue_safe, strict_loads
 
 # --- 2. the key wins over pass-through ----------------------------------------------------------------------------
 
@@ -258,7 +257,7 @@ def test_wait_seconds_in_a_query_string_is_text(simulator: FineTuningSimulator, 
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tests.test_properties import PROPERTY_SETTINGS as ALL_PROPERTY_SETTINGS  # noqa: E402
+from tests.support.properties import PROPERTY_SETTINGS as ALL_PROPERTY_SETTINGS  # noqa: E402
 
 PROPERTY_SETTINGS = settings(ALL_PROPERTY_SETTINGS, max_examples=60)  # each example makes several requests
 # Every code point, surrogates and noncharacters included, with the ones queues refuse drawn often.

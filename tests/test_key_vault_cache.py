@@ -12,7 +12,7 @@ import pytest
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
 from shared.cancel import current_service
-from tests.conftest import API_KEY
+from tests.support.handlers import API_KEY
 
 
 def test_50_concurrent_invocations_with_a_cold_cache_read_key_vault_once(

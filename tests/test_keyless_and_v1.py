@@ -15,7 +15,7 @@ import pytest
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
 from shared.entra_token import COGNITIVE_SERVICES_SCOPE
-from tests.conftest import API_KEY, handler
+from tests.support.handlers import API_KEY, handler
 
 AUDIENCE = COGNITIVE_SERVICES_SCOPE.removesuffix("/.default")
 
@@ -105,7 +105,7 @@ def test_v1_route_answers_like_the_dated_route_whatever_the_upstream_version(
 ) -> None:
     import azure.functions as func
 
-    from tests.conftest import drain_results
+    from tests.support.handlers import drain_results
 
     monkeypatch.setenv("AZURE_OPENAI_API_VERSION", api_version)
     job = simulator.create_job()

@@ -19,20 +19,10 @@ from hypothesis import strategies as st
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
 from shared.settings import Settings, SettingsError
-from tests.conftest import API_KEY, drain_results, handler
-from tests.test_bulk_wait_health import call_bulk
-from tests.test_properties import PROPERTY_SETTINGS
+from tests.support.handlers import API_KEY, SECOND_KEY, call_bulk, drain_results, handler
+from tests.support.properties import PROPERTY_SETTINGS
 
-SECOND_KEY = "sim-key-second-5d1e9f0a7b2c4e6d8f0a1b3c5d7e9f01"
 RESOURCE_ROUTE = "resources/{resource}/openai/fine_tuning/jobs/{job_id}/cancel"
-
-
-@pytest.fixture
-def second(vault: KeyVaultEmulator) -> Iterator[FineTuningSimulator]:
-    with FineTuningSimulator(api_key=SECOND_KEY) as sim:
-        vault.set_secret("azure-openai-api-key-second", SECOND_KEY)
-        vault.reset_counts()
-        yield sim
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ spec, which is not in the repository (`AZURE_OPENAI_SPEC_DIR`, see `devstack.spe
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +21,6 @@ import pytest
 import schemathesis
 import yaml
 from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import RESOURCE_NOT_FOUND_BODY, FineTuningSimulator
@@ -43,11 +40,10 @@ from shared.records import (
     validate_correlation_id,
     validate_job_id,
 )
-from tests.conftest import SECRET_NAME, handler
+from tests.support.handlers import SECRET_NAME, handler
+from tests.support.openapi import OPENAPI_PATH, component_validator, load_document, validator_at
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-OPENAPI_PATH = REPO_ROOT / "openapi.yaml"
-DOCUMENT_URI = "urn:cancel-function-app:openapi"
 CANCEL_PATH = "/openai/fine_tuning/jobs/{job_id}/cancel"
 # CONTRACT section 3's table, plus 401 (no function key) and the other upstream 4xx passed through.
 CANCEL_STATUSES = {"200", "400", "401", "404", "409", "429", "502", "503", "4XX"}
@@ -57,27 +53,9 @@ UPSTREAM_SCHEMAS = {"FineTuningJob", "ErrorResponse", "Error", "ErrorCode", "Fin
 needs_upstream_spec = pytest.mark.skipif(not spec_available(), reason=SPEC_MISSING)
 
 
-def load_document() -> dict[str, Any]:
-    return yaml.safe_load(OPENAPI_PATH.read_text(encoding="utf-8"))
-
-
 @pytest.fixture(scope="module")
 def document() -> dict[str, Any]:
     return load_document()
-
-
-@functools.cache
-def component_validator(name: str) -> Draft202012Validator:
-    """A validator for `components.schemas.<name>` of openapi.yaml (other test files check records with it)."""
-    return validator_at(load_document(), f"/components/schemas/{name}")
-
-
-def validator_at(document: dict[str, Any], at: str) -> Draft202012Validator:
-    """A validator for the schema at JSON pointer `at` (`/components/schemas/X`), the document's `$ref`s resolving."""
-    resource = Resource.from_contents(document, default_specification=DRAFT202012)
-    registry = Registry().with_resource(DOCUMENT_URI, resource)
-    schema = {"$ref": f"{DOCUMENT_URI}#{at}"}
-    return Draft202012Validator(schema, registry=registry, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
 def pointer(*parts: str) -> str:

@@ -20,29 +20,22 @@ import re
 import string
 from typing import Any
 
-import azure.functions as func
 import pytest
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
 from shared.bulk import MAX_JOB_IDS
 from shared.records import CORRELATION_ID_MAX_LENGTH, JOB_ID_PATTERN, MAX_WAIT_SECONDS, REJECTED_TEXT_MAX_LENGTH
-from tests.conftest import Output, drain_results, handler
-from tests.test_openapi import component_validator
+from tests.support.handlers import call_bulk
+from tests.support.openapi import component_validator
+from tests.support.properties import PROPERTY_SETTINGS
 
 # Every upstream request must be one of these two, for a valid job id (CONTRACT section 6).
 UPSTREAM_PATH = re.compile(r"^/openai/fine_tuning/jobs/(ftjob|ft)-[A-Za-z0-9]{1,64}(/cancel)?$")
 # CONTRACT section 3, with a healthy upstream: what each job's state answers.
 STATUS_BY_JOB_STATE = {"running": 200, "pending": 200, "cancelled": 200, "succeeded": 409, "failed": 409, None: 404}
-PROPERTY_SETTINGS = settings(
-    max_examples=200,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
 
 # --- strategies -------------------------------------------------------------------------------------------
 
@@ -167,12 +160,6 @@ def assert_is_result_record(record: dict[str, Any], *, trigger: str) -> None:
 
 def is_valid_correlation_id(value: str | None) -> bool:
     return value is None or (len(value) <= CORRELATION_ID_MAX_LENGTH and all(" " <= c <= "~" for c in value))
-
-
-def call_bulk(body: bytes) -> tuple[func.HttpResponse, Output]:
-    request = func.HttpRequest(method="POST", url="http://localhost:7071/api/cancel", headers={}, body=body)
-    response = handler("httpTrigger", "cancel")(req=request)
-    return response, drain_results()
 
 
 # --- the HTTP cancel route ----------------------------------------------------------------------------------

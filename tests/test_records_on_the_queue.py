@@ -19,27 +19,9 @@ from azure.storage.queue import QueueClient
 
 from devstack.openai_sim import FineTuningSimulator
 from shared.cancel import RetryLater
-from shared.record_text import KEPT_JOB_FIELDS, MAX_RECORD_BYTES
-from tests.conftest import drain_results, handler
-from tests.test_bulk_wait_health import call_bulk
-
-QUEUE_UNSAFE = ("\ufffe", "\uffff", *(chr(point) for point in (0xD800, 0xDBFF, 0xDC00, 0xDFFF)))
-
-
-def strict_loads(text: str) -> object:
-    """JSON as a strict parser (JavaScript's JSON.parse) reads it: no NaN, no Infinity."""
-
-    def refuse(name: str) -> None:
-        raise AssertionError(f"{name} is not JSON")
-
-    return json.loads(text, parse_constant=refuse)
-
-
-def assert_queue_safe(text: str) -> None:
-    assert len(text.encode("utf-8")) <= MAX_RECORD_BYTES
-    assert not any(char in text for char in QUEUE_UNSAFE)
-    strict_loads(text)
-
+from shared.record_text import KEPT_JOB_FIELDS
+from tests.support.handlers import call_bulk, drain_results, handler
+from tests.support.records import assert_queue_safe, strict_loads
 
 def only_record_text() -> str:
     [text] = drain_results().values

@@ -7,6 +7,7 @@ short with the runner's test knobs, so a five-attempt retry takes seconds, not m
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +19,14 @@ from azure.storage.queue import QueueClient
 
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
+from devstack.environment import emulator_app_settings, steering_variables
 from devstack.runner import FunctionsRunner, HostSettings, load_function_app
-from devstack.stack import LOCAL_GUARD_SCHEDULE, Azurite
-from shared.settings import GUARD_SCHEDULE
-
-from .queue_polling import RECORD_TIMEOUT_SECONDS, message_count, take_messages, unique_queue_name
+from devstack.storage import Azurite
+from shared.settings import UPSTREAM_DEADLINE_SECONDS, UPSTREAM_TIMEOUT_SECONDS
+from tests.support.handlers import FUNCTION_KEY
+from tests.support.queues import RECORD_TIMEOUT_SECONDS, message_count, take_messages, unique_queue_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FUNCTION_KEY = "e2e-function-key"
 VISIBILITY_TIMEOUT_SECONDS = 1.0  # test knob: host.json says 30 s between attempts
 MAX_POLLING_INTERVAL_SECONDS = 0.2  # test knob: host.json says 2 s
 
@@ -82,21 +83,25 @@ def start_local_app(
     cancel_app: func.FunctionApp,
     simulator: FineTuningSimulator,
     vault: KeyVaultEmulator,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Callable[..., LocalApp]]:
     """Start the app in the runner against the emulators and Azurite; extra app settings as keywords."""
     started: list[FunctionsRunner] = []
+    for name in steering_variables(os.environ):  # the runner lays the settings over this process's environment
+        monkeypatch.delenv(name)
 
     def start(**extra_settings: str) -> LocalApp:
         requests_queue, results_queue = unique_queue_name("requests"), unique_queue_name("results")
         settings = {
-            **vault.environ(),
-            "AZURE_OPENAI_ENDPOINT": simulator.endpoint,
-            "AzureWebJobsStorage": azurite.connection_string,
-            "CANCEL_REQUESTS_QUEUE": requests_queue,
-            "CANCEL_RESULTS_QUEUE": results_queue,
-            "UPSTREAM_TIMEOUT_SECONDS": "5",
-            "UPSTREAM_DEADLINE_SECONDS": "20",
-            GUARD_SCHEDULE: LOCAL_GUARD_SCHEDULE,
+            **emulator_app_settings(
+                key_vault=vault.environ(),
+                openai_endpoint=simulator.endpoint,
+                storage=azurite.connection_string,
+                requests_queue=requests_queue,
+                results_queue=results_queue,
+            ),
+            UPSTREAM_TIMEOUT_SECONDS: "5",
+            UPSTREAM_DEADLINE_SECONDS: "20",
             **extra_settings,
         }
         azurite.create_queues(requests_queue)
@@ -113,8 +118,8 @@ def start_local_app(
         return LocalApp(
             runner=runner,
             connection_string=azurite.connection_string,
-            requests_queue=QueueClient.from_connection_string(azurite.connection_string, requests_queue),
-            results_queue=QueueClient.from_connection_string(azurite.connection_string, results_queue),
+            requests_queue=azurite.queue(requests_queue),
+            results_queue=azurite.queue(results_queue),
         )
 
     yield start

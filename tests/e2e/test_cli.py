@@ -27,9 +27,9 @@ from azure.storage.queue import QueueClient
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
 from devstack.runner import development_storage_connection_string
-from devstack.stack import Azurite
+from devstack.storage import Azurite
 
-from .queue_polling import message_count, unique_queue_name
+from tests.support.queues import message_count, unique_queue_name
 
 pytestmark = pytest.mark.e2e
 

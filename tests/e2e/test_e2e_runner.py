@@ -13,9 +13,9 @@ import requests
 from azure.storage.queue import QueueClient
 
 from devstack.runner import FunctionsRunner, HostSettings, RunnerError, index_functions
-from devstack.stack import Azurite
+from devstack.storage import Azurite
 
-from .queue_polling import message_count, take_messages, unique_queue_name
+from tests.support.queues import message_count, take_messages, unique_queue_name
 
 pytestmark = pytest.mark.e2e
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from devstack.stack import ChildProcess, StackError
+from devstack.processes import ChildProcess, StackError
 
 pytestmark = pytest.mark.e2e
 
@@ -87,6 +89,13 @@ def start_run(state_dir: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
     return stack, env
 
 
+def run_printed(command: str) -> subprocess.CompletedProcess[str]:
+    """A command `make run` printed (an `ftcancel` one), as a user pastes it into a shell in the repository."""
+    return subprocess.run(
+        shlex.split(command), cwd=REPO_ROOT, capture_output=True, text=True, timeout=STACK_TIMEOUT_SECONDS
+    )
+
+
 def run_printed_curl(printed: str, *, which: int = 0) -> requests.Response:
     """The `which`-th HTTP cancel example `make run` printed, as a user pastes it."""
     curls = re.findall(r"curl -s -X POST -H 'x-functions-key: (\S+)' \\\n\s+(\S+)", printed)
@@ -96,7 +105,7 @@ def run_printed_curl(printed: str, *, which: int = 0) -> requests.Response:
 
 
 def test_run_serves_the_printed_examples_until_sigterm(tmp_path: Path):
-    stack, env = start_run(tmp_path)
+    stack, _ = start_run(tmp_path)
     try:
         printed = read_until(stack, "Read the result records")
         response = run_printed_curl(printed)
@@ -105,22 +114,33 @@ def test_run_serves_the_printed_examples_until_sigterm(tmp_path: Path):
         assert (keyless.status_code, keyless.json()["id"], keyless.json()["status"]) == (
             200, "ftjob-keyless1", "cancelled"
         )
-        printed_enqueues = re.findall(r"-m devstack\.stack enqueue (.+)", printed)
-        assert printed_enqueues == ["ftjob-local2", """'{"job_id": "ftjob-keyless2", "resource": "keyless"}'"""]
-        for message in ("ftjob-local2", printed_enqueues[1].strip("'")):
-            enqueue = python("-m", "devstack.stack", "enqueue", message, env=env)
+        printed_enqueues = re.findall(r"^  (\S*ftcancel enqueue .+)$", printed, re.MULTILINE)
+        assert [shlex.split(command)[-3:] for command in printed_enqueues] == [
+            ["--queue", "cancel-requests", "ftjob-local2"],
+            ["--resource", "keyless", "ftjob-keyless2"],
+        ]
+        for command in printed_enqueues:
+            enqueue = run_printed(command)
             assert enqueue.returncode == 0, enqueue.stderr
+        [results_command] = re.findall(r"^  (\S*ftcancel results .+)$", printed, re.MULTILINE)
         deadline = time.monotonic() + 30
         while True:
-            results = python("-m", "devstack.stack", "results", env=env)
+            results = run_printed(results_command)
             assert results.returncode == 0, results.stderr
-            if "4 record(s)" in results.stdout or time.monotonic() > deadline:
+            if results.stderr.startswith("4 records") or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        assert re.search(r"queue\s+default\s+ftjob-local2\s+cancelled", results.stdout), results.stdout
-        assert re.search(r"http\s+default\s+ftjob-local1\s+cancelled", results.stdout), results.stdout
-        assert re.search(r"http\s+keyless\s+ftjob-keyless1\s+cancelled", results.stdout), results.stdout
-        assert re.search(r"queue\s+keyless\s+ftjob-keyless2\s+cancelled", results.stdout), results.stdout
+        assert re.search(r"ftjob-local2\s+default\s+cancelled", results.stdout), results.stdout
+        assert re.search(r"ftjob-local1\s+default\s+cancelled", results.stdout), results.stdout
+        assert re.search(r"ftjob-keyless1\s+keyless\s+cancelled", results.stdout), results.stdout
+        assert re.search(r"ftjob-keyless2\s+keyless\s+cancelled", results.stdout), results.stdout
+        records = [json.loads(line) for line in run_printed(results_command + " --json").stdout.splitlines()]
+        assert sorted((r["trigger"], r["resource"], r["job_id"], r["outcome"]) for r in records) == [
+            ("http", "default", "ftjob-local1", "cancelled"),
+            ("http", "keyless", "ftjob-keyless1", "cancelled"),
+            ("queue", "default", "ftjob-local2", "cancelled"),
+            ("queue", "keyless", "ftjob-keyless2", "cancelled"),
+        ]
         ports = {int(port) for port in _LOOPBACK_PORT.findall(printed)}
     finally:
         stack.send_signal(signal.SIGTERM)

@@ -12,9 +12,9 @@ import pytest
 from azure.storage.queue import QueueClient
 
 from devstack.runner import FunctionsRunner, HostSettings
-from devstack.stack import Azurite
+from devstack.storage import Azurite
 
-from .queue_polling import message_count, take_messages
+from tests.support.queues import message_count, take_messages
 
 pytestmark = pytest.mark.e2e
 
