@@ -19,9 +19,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from time import time
 from typing import Any
 
-# Imported from here by openai_sim.py, keyvault_emulator.py and their tests until they import devstack.processes.
-from devstack.processes import read_ready_line, serve_until_signalled  # noqa: F401
-
 # HTTP/1.1 status lines, built once.
 _STATUS_LINES: dict[int, bytes] = {
     int(status): b"HTTP/1.1 %d %s\r\n" % (int(status), status.phrase.encode("latin-1")) for status in HTTPStatus

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import unquote
 
-from devstack._http import AppHandler, BackgroundServer, EmulatorServer, QuietHandler, serve_until_signalled
+from devstack._http import AppHandler, BackgroundServer, EmulatorServer, QuietHandler
 from devstack.keyvault_identity import IDENTITY_PATH, IdentityEndpoint, signed_token, verify_signed_token
 from devstack.keyvault_tls import server_context
+from devstack.processes import serve_until_signalled
 
 # Imported from here by the tests and the stack.
 __all__ = ["CHALLENGE", "KeyVaultEmulator", "signed_token", "verify_signed_token"]

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Self
 from urllib.parse import parse_qsl, unquote
 
-from devstack._http import AppHandler, BackgroundServer, EmulatorServer, QuietHandler, serve_until_signalled
+from devstack._http import AppHandler, BackgroundServer, EmulatorServer, QuietHandler
 from devstack.openai_sim_errors import (
     KEYS_DISABLED_MESSAGE,
     NON_JSON_BODY,
@@ -46,6 +46,7 @@ from devstack.openai_sim_pacing import (
     throttled_response_headers,
 )
 from devstack.openai_sim_routes import SUPPORTED_API_VERSIONS, V1_PREFIX, route
+from devstack.processes import serve_until_signalled
 
 # Imported from here by the tests, the stack and the benchmarks.
 __all__ = ["DEFAULT_MODEL", "FAULT_KINDS", "JOB_STATES", "RESOURCE_NOT_FOUND_BODY", "FaultPlan", "FineTuningSimulator"]

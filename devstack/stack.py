@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from devstack.environment import (
-    LOCAL_GUARD_SCHEDULE,
     REQUESTS_QUEUE,
     RESULTS_QUEUE,
     SECRET_NAME,
@@ -54,9 +53,6 @@ from devstack.runner import DEFAULT_FUNCTION_KEY, DEFAULT_PORT, FUNCTION_KEY_ENV
 from devstack.storage import AZURITE_DEFAULT_PORT, Azurite
 from shared.entra_token import COGNITIVE_SERVICES_SCOPE
 from shared.settings import AZURE_OPENAI_RESOURCES, DEFAULT_RESOURCE, ENTRA_AUTH
-
-# Imported from here by devstack/chaos.py and tests until they import from devstack.processes, .storage, .environment.
-__all__ = ["LOCAL_GUARD_SCHEDULE", "REPO_ROOT", "Azurite", "ChildProcess", "StackError", "runner_process", "shown_path"]
 
 STATE_DIR = Path(os.environ.get("DEVSTACK_STATE_DIR") or REPO_ROOT / ".devstack")  # logs and stack.json
 LOG_DIR = STATE_DIR / "logs"

@@ -178,7 +178,7 @@ def with_storage_retries(
                 raise
             failures += 1
             if failures == 1:
-                logger.info("%s failed (%s); retrying until storage answers", what, _first_line(err))
+                logger.info("%s failed (%s); retrying until storage answers", what, first_line(err))
             stop.wait(wait * random.uniform(0.8, 1.2))
             wait = min(wait * 2, STORAGE_RETRY_MAX_WAIT)
             continue
@@ -187,7 +187,8 @@ def with_storage_retries(
         return result
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
+    """The first line of an error's text, for a one-line log entry."""
     return (str(err).splitlines() or [type(err).__name__])[0]
 
 

@@ -21,8 +21,8 @@ from azure.core.exceptions import (
 from azure.identity import DefaultAzureCredential
 from azure.keyvault.secrets import SecretClient
 
-from devstack._http import read_ready_line
 from devstack.keyvault_emulator import CHALLENGE, KeyVaultEmulator
+from devstack.processes import read_ready_line
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "azure-openai-api-key"

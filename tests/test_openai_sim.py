@@ -24,8 +24,9 @@ import pytest
 import requests
 
 from devstack import spec
-from devstack._http import QuietHandler, read_ready_line
+from devstack._http import QuietHandler
 from devstack.openai_sim import FaultPlan, FineTuningSimulator
+from devstack.processes import read_ready_line
 
 KEY = "sim-test-key-0123456789"
 API_VERSION = "2024-10-21"

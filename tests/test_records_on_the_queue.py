@@ -23,6 +23,7 @@ from shared.record_text import KEPT_JOB_FIELDS
 from tests.support.handlers import call_bulk, drain_results, handler
 from tests.support.records import assert_queue_safe, strict_loads
 
+
 def only_record_text() -> str:
     [text] = drain_results().values
     assert_queue_safe(text)

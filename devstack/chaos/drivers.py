@@ -9,7 +9,6 @@ keep the figures the report shows.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,20 +22,18 @@ from azure.core.exceptions import ServiceRequestError
 
 from devstack.chaos.plan import (
     FUNCTION_KEY,
-    REQUESTS_QUEUE,
-    RESULTS_QUEUE,
-    SECRET_NAME,
     THREAD_JOIN_SECONDS,
     ChaosError,
     ChaosSettings,
     PlannedRequest,
 )
 from devstack.chaos.storage import STORAGE_RETRY_WAIT, retry_storage, storage_client
+from devstack.environment import REQUESTS_QUEUE, SECRET_NAME, child_environ, emulator_app_settings
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
-from devstack.stack import LOCAL_GUARD_SCHEDULE, Azurite, ChildProcess, runner_process
+from devstack.processes import ChildProcess, runner_process
+from devstack.storage import Azurite
 from shared.retry import retry_after_seconds
-from shared.settings import GUARD_SCHEDULE
 
 ENQUEUE_THREADS = 8
 HTTP_THREADS = 4
@@ -77,28 +74,18 @@ def enqueue(connection_string: str, planned: Sequence[PlannedRequest], say: Say)
 def runner_environ(
     settings: ChaosSettings, azurite: Azurite, simulator: FineTuningSimulator, vault: KeyVaultEmulator
 ) -> dict[str, str]:
-    """The runner's environment: this process's, without Azure credentials, pointed at the emulators."""
-    environ = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME")
-    }
-    environ.update(
+    """The runner's environment: this process's, without what steers Azure credentials, pointed at the emulators."""
+    return child_environ(
         {
-            **vault.environ(),
-            "AZURE_OPENAI_KEY_SECRET_NAME": SECRET_NAME,
-            "CANCEL_REQUESTS_QUEUE": REQUESTS_QUEUE,
-            "CANCEL_RESULTS_QUEUE": RESULTS_QUEUE,
+            **emulator_app_settings(
+                key_vault=vault.environ(), openai_endpoint=simulator.endpoint, storage=azurite.connection_string
+            ),
             "SECRET_CACHE_SECONDS": f"{settings.secret_cache_seconds:g}",
             "UPSTREAM_TIMEOUT_SECONDS": f"{settings.upstream_timeout_seconds:g}",
             "UPSTREAM_MAX_RETRIES": str(settings.upstream_max_retries),
             "UPSTREAM_DEADLINE_SECONDS": f"{settings.upstream_deadline_seconds:g}",
-            "AZURE_OPENAI_ENDPOINT": simulator.endpoint,
-            "AzureWebJobsStorage": azurite.connection_string,
-            GUARD_SCHEDULE: LOCAL_GUARD_SCHEDULE,
         }
     )
-    return environ
 
 
 def start_runner(settings: ChaosSettings, environ: Mapping[str, str]) -> tuple[ChildProcess, str]:

@@ -22,8 +22,8 @@ from devstack.chaos.plan import RUNNING_KINDS, ChaosSettings, Kind, PlannedReque
 from devstack.chaos.report import ChaosReport
 from devstack.chaos.storage import ReceivedRecord
 from devstack.openai_sim import FineTuningSimulator
+from devstack.processes import REPO_ROOT, shown_path
 from devstack.runner import HostSettings
-from devstack.stack import REPO_ROOT, shown_path
 
 STALE_KEY_WARNING = "using the api-key read earlier"
 

@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from devstack.environment import REQUESTS_QUEUE
 from devstack.openai_sim import FaultPlan, FineTuningSimulator
 from devstack.stack import LOG_DIR
 
-SECRET_NAME = "azure-openai-api-key"
-REQUESTS_QUEUE = "cancel-requests"
-RESULTS_QUEUE = "cancel-results"
 POISON_QUEUE = REQUESTS_QUEUE + "-poison"
 FUNCTION_KEY = "chaos-function-key"
 DEFAULT_MESSAGES = 5000

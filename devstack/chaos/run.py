@@ -29,9 +29,6 @@ from devstack.chaos.drivers import (
 from devstack.chaos.judge import Evidence, judge
 from devstack.chaos.plan import (
     POISON_QUEUE,
-    REQUESTS_QUEUE,
-    RESULTS_QUEUE,
-    SECRET_NAME,
     ChaosError,
     ChaosSettings,
     PlannedRequest,
@@ -41,9 +38,11 @@ from devstack.chaos.plan import (
 )
 from devstack.chaos.report import ChaosReport, summary_lines
 from devstack.chaos.storage import RecordCollector, storage_client, take_all
+from devstack.environment import REQUESTS_QUEUE, RESULTS_QUEUE, SECRET_NAME
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
-from devstack.stack import Azurite, ChildProcess, StackError, shown_path
+from devstack.processes import ChildProcess, StackError, shown_path
+from devstack.storage import Azurite
 
 logger = logging.getLogger("devstack.chaos")
 

@@ -19,7 +19,8 @@ from typing import Any
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
-from devstack.chaos.plan import RESULTS_QUEUE, THREAD_JOIN_SECONDS, ChaosError
+from devstack.chaos.plan import THREAD_JOIN_SECONDS, ChaosError
+from devstack.environment import RESULTS_QUEUE
 
 STORAGE_RETRY_WAIT = 0.2  # the run's own Azurite clients retry this often while Azurite is away
 COLLECT_VISIBILITY_SECONDS = 5  # records received by a poll whose answer the restart lost come back this soon

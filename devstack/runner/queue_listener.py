@@ -27,7 +27,8 @@ from devstack.runner.errors import RunnerError
 from devstack.runner.host_config import MIN_POLLING_INTERVAL, HostSettings
 from devstack.runner.indexing import LocalFunction
 from devstack.runner.invocation import InvocationPool, invocation_log, invoke, write_outputs
-from devstack.runner.storage import QueueClients, first_line
+from devstack.runner.storage import QueueClients
+from devstack.storage import first_line
 
 logger = logging.getLogger(__name__)
 

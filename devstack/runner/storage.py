@@ -1,80 +1,26 @@
 """The runner's storage calls: one queue client per connection, retried while storage is unreachable.
 
-Storage calls are retried by the runner, not by the SDK (whose retries wait 15 s and more), so a
-storage restart costs seconds: waits from 0.1 s doubling to 2 s, for at most STORAGE_RETRY_SECONDS.
+Storage calls are retried by the runner (`devstack.storage.with_storage_retries`), not by the SDK (whose
+retries wait 15 s and more), so a storage restart costs seconds.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from azure.core.exceptions import (
-    AzureError,
-    HttpResponseError,
     ResourceExistsError,
-    ServiceRequestError,
-    ServiceResponseError,
 )
 from azure.storage.queue import QueueClient, QueueServiceClient
 
+from devstack.storage import with_storage_retries
+
 logger = logging.getLogger(__name__)
 
-STORAGE_RETRY_FIRST_WAIT = 0.1
-STORAGE_RETRY_MAX_WAIT = 2.0
-STORAGE_RETRY_SECONDS = 60.0  # far inside the processing lease, so a message being settled is not redelivered
-STORAGE_RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-
 _T = TypeVar("_T")
-
-
-def first_line(err: Exception) -> str:
-    """The first line of an error's text, for a one-line log entry."""
-    return (str(err).splitlines() or [type(err).__name__])[0]
-
-
-def is_transient_storage_error(err: AzureError) -> bool:
-    """Whether a storage call may succeed if made again: no connection, no answer, or a 408/429/5xx."""
-    if isinstance(err, (ServiceRequestError, ServiceResponseError)):
-        return True
-    return isinstance(err, HttpResponseError) and err.status_code in STORAGE_RETRYABLE_STATUSES
-
-
-def with_storage_retries(
-    operation: Callable[[], _T],
-    *,
-    what: str,
-    give_up: threading.Event,
-    seconds: float = STORAGE_RETRY_SECONDS,
-) -> _T:
-    """Make a storage call, again while it fails transiently, for up to `seconds` or until `give_up` is set.
-
-    A call whose answer was lost (ServiceResponseError) may have been carried out: a repeated send can
-    then write a message twice. That is the at-least-once of queue outputs; a call that never reached
-    the service (ServiceRequestError: Azurite restarting) is repeated without that risk.
-    """
-    deadline = time.monotonic() + seconds
-    wait = STORAGE_RETRY_FIRST_WAIT
-    failures = 0
-    while True:
-        try:
-            result = operation()
-        except AzureError as err:
-            if not is_transient_storage_error(err) or time.monotonic() + wait > deadline or give_up.is_set():
-                raise
-            failures += 1
-            if failures == 1:
-                logger.info("%s failed (%s); retrying until storage answers", what, first_line(err))
-            give_up.wait(wait * random.uniform(0.8, 1.2))
-            wait = min(wait * 2, STORAGE_RETRY_MAX_WAIT)
-            continue
-        if failures:
-            logger.info("%s succeeded after %d retries", what, failures)
-        return result
 
 
 class QueueClients:

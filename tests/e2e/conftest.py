@@ -17,9 +17,9 @@ import azure.functions as func
 import pytest
 from azure.storage.queue import QueueClient
 
+from devstack.environment import emulator_app_settings, steering_variables
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
-from devstack.environment import emulator_app_settings, steering_variables
 from devstack.runner import FunctionsRunner, HostSettings, load_function_app
 from devstack.storage import Azurite
 from shared.settings import UPSTREAM_DEADLINE_SECONDS, UPSTREAM_TIMEOUT_SECONDS

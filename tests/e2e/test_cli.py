@@ -28,7 +28,6 @@ from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
 from devstack.runner import development_storage_connection_string
 from devstack.storage import Azurite
-
 from tests.support.queues import message_count, unique_queue_name
 
 pytestmark = pytest.mark.e2e

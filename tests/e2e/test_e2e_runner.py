@@ -14,7 +14,6 @@ from azure.storage.queue import QueueClient
 
 from devstack.runner import FunctionsRunner, HostSettings, RunnerError, index_functions
 from devstack.storage import Azurite
-
 from tests.support.queues import message_count, take_messages, unique_queue_name
 
 pytestmark = pytest.mark.e2e

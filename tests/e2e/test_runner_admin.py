@@ -25,7 +25,7 @@ import requests
 from azure.storage.queue import QueueClient
 
 from devstack.runner import FunctionsRunner
-from devstack.stack import Azurite
+from devstack.storage import Azurite
 
 from .queue_polling import take_messages, unique_queue_name
 from .test_e2e_runner import FAST_HOST

@@ -13,7 +13,6 @@ from azure.storage.queue import QueueClient
 
 from devstack.runner import FunctionsRunner, HostSettings
 from devstack.storage import Azurite
-
 from tests.support.queues import message_count, take_messages
 
 pytestmark = pytest.mark.e2e

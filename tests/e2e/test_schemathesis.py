@@ -24,9 +24,8 @@ from azure.storage.queue import QueueClient
 from hypothesis import HealthCheck, settings
 
 from devstack.openai_sim import JOB_STATES, FineTuningSimulator
-from tests.support.openapi import OPENAPI_PATH, component_validator, load_document
-
 from tests.support.handlers import FUNCTION_KEY
+from tests.support.openapi import OPENAPI_PATH, component_validator, load_document
 
 pytestmark = [
     pytest.mark.e2e,
