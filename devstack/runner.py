@@ -53,6 +53,8 @@ from urllib.parse import parse_qsl, unquote
 import azure.functions as func
 from azure.functions.timer import TimerRequest
 
+import shared.settings  # the app's settings, read once per (worker) process: reset when the runner sets them
+
 # Azurite's development account as the app itself reads `UseDevelopmentStorage=true` (one definition for both).
 from shared.results_queue import development_storage_connection_string, expand_development_storage  # noqa: F401
 from azure.core.exceptions import (
@@ -1131,6 +1133,7 @@ class _EnvironmentLease:
             _EnvironmentLease._holder = owner
         self._saved = {name: os.environ.get(name) for name in self._settings}
         os.environ.update(self._settings)
+        shared.settings.reset()  # as a worker process starting with these app settings would read them
 
     def restore(self) -> None:
         for name, value in self._saved.items():
@@ -1139,6 +1142,7 @@ class _EnvironmentLease:
             else:
                 os.environ[name] = value
         self._saved = {}
+        shared.settings.reset()
         with _EnvironmentLease._lock:
             _EnvironmentLease._holder = None
 

@@ -23,6 +23,7 @@ from azure.storage.queue import QueueClient
 
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
+import shared.settings
 from devstack.stack import Azurite
 
 API_KEY = "sim-key-3b9d0c8e41f24a7f9d2e6c5b1a0f8e73"  # distinctive, so a leak is found by search
@@ -116,6 +117,7 @@ def app_settings(
         monkeypatch.delenv(name, raising=False)
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
+    shared.settings.reset()  # the app reads its settings once; this test's are read on its first call
     return settings
 
 

@@ -18,7 +18,7 @@ from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient
 
 from devstack.openai_sim import FineTuningSimulator
-from shared.cancel import RetryLater
+from shared.contract import RetryLater
 from shared.record_text import KEPT_JOB_FIELDS, MAX_RECORD_BYTES
 from tests.conftest import drain_results, handler
 from tests.test_bulk_wait_health import call_bulk
