@@ -121,7 +121,9 @@ class ApiKeySource:
         self.reads += 1
         try:
             if self._reader is None:
-                self._reader = self._open_reader(self.vault_url, verify_challenge_resource=self._verify_challenge_resource)
+                self._reader = self._open_reader(
+                    self.vault_url, verify_challenge_resource=self._verify_challenge_resource
+                )
             value = getattr(self._reader.get_secret(self.secret_name), "value", None)
         except AzureError as err:
             failure = self._describe(err)

@@ -1,7 +1,7 @@
 """A value built once per process from the object it depends on: the double-checked lock, written once.
 
-The settings (built from `os.environ`), the cancel service (from the settings) and the results queue
-(from its settings) are each built by the first caller while concurrent callers wait, then kept.
+The settings (built from `os.environ`), the cancel service (from the settings), the results queue (from
+its settings) and its storage client are each built by the first caller while concurrent callers wait, then kept.
 """
 
 from __future__ import annotations

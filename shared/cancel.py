@@ -104,7 +104,9 @@ class CancelService:
         client = self.clients[request.resource]  # the name was checked against the allow-list
         try:
             reply = client.cancel_job(request.job_id, deadline=deadline, trace=trace)
-            current = client.get_job(request.job_id, deadline=deadline, trace=trace) if needs_confirmation(reply) else None
+            current = None
+            if needs_confirmation(reply):
+                current = client.get_job(request.job_id, deadline=deadline, trace=trace)
             ending = reply_ending(reply, request.job_id, current=current)
         except CancelError as err:
             ending = error_ending(err)
