@@ -32,7 +32,8 @@ MISCONFIGURED_RETRY_AFTER_SECONDS = 30
 # src/Microsoft.Azure.WebJobs.Extensions.Storage/Queues/Config/QueuesOptions.cs, DefaultMaxDequeueCount).
 DEFAULT_MAX_DEQUEUE_COUNT = 5
 
-# The errors of `shared.errors`, first match wins: (error class, its status or None for any) -> answer.
+# The errors of `shared.errors`, first match wins: an error of this class (and status, None for any) ends with
+# this answer status, error code and message; whether it is retryable, and after how long, is the error's own.
 #    error class             status   answer  error code             message
 ERROR_ROWS: tuple[tuple[type[CancelError], int | None, int, str, str], ...] = (
     (KeyRefused,             401,     502,    "unauthorized",        "{message}"),
