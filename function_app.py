@@ -12,11 +12,12 @@ from pathlib import Path
 
 import azure.functions as func
 
-from shared.answers import HttpAnswer, bulk_answer, record_answer
+from shared.answers import HttpAnswer, bulk_answer
 from shared.bulk import cancel_many
-from shared.cancel import cancel_from_http, handle_queue_message, max_dequeue_count, write_records
+from shared.contract import max_dequeue_count
 from shared.guard import budget_alert, cancel_active, sweep
 from shared.health import health
+from shared.triggers import cancel_from_http, handle_queue_message, write_records
 
 
 class CancelFunctionApp(func.FunctionApp):
@@ -94,14 +95,14 @@ def health_check(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _cancel_one(req: func.HttpRequest) -> func.HttpResponse:
-    record = cancel_from_http(
+    answer = cancel_from_http(
         req.route_params.get("job_id"),
         req.headers.get("x-correlation-id"),
         req.params.get("wait_seconds"),
         resource=req.route_params.get("resource"),
         principal=(req.headers.get("x-ms-client-principal-id"), req.headers.get("x-ms-client-principal-name")),
     )
-    return _http_response(record_answer(record, write_records([record])))
+    return _http_response(answer)
 
 
 def _http_response(answer: HttpAnswer) -> func.HttpResponse:

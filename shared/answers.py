@@ -7,6 +7,7 @@ cancelling again and writing more records), a retryable one `x-should-retry: tru
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,13 +28,18 @@ class HttpAnswer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def record_answer(record: ResultRecord, not_written: RecordNotWritten | None = None) -> HttpAnswer:
-    """The answer for one record: the job or the error, or 503 when the record could not be written."""
+def record_answer(
+    record: ResultRecord, not_written: RecordNotWritten | None = None, *, retry_after: float | None = None
+) -> HttpAnswer:
+    """The answer for one record: the job or the error, or 503 when the record could not be written.
+
+    `retry_after` is the wait (seconds) a retryable ending advises; `Retry-After` is it in whole seconds, 1 at least.
+    """
     headers = {"x-request-id": record.request_id}
     if not_written is not None:
         return _record_not_written(record, not_written, headers)
     body = {"error": record.error} if record.error is not None else record.job
-    return HttpAnswer(record.status_code, strict_json(body), _retry_headers(record, headers))
+    return HttpAnswer(record.status_code, strict_json(body), _retry_headers(record, headers, retry_after))
 
 
 def bulk_answer(
@@ -57,13 +63,12 @@ def bulk_answer(
     return HttpAnswer(status_code, strict_json({"results": results}))
 
 
-def _retry_headers(record: ResultRecord, headers: dict[str, str]) -> dict[str, str]:
+def _retry_headers(record: ResultRecord, headers: dict[str, str], retry_after: float | None = None) -> dict[str, str]:
     if record.status_code < 400:
         return headers
     if not record.retryable:
         return {**headers, "x-should-retry": "false"}
-    retry_after = record.retry_after_seconds if record.retry_after_seconds is not None else 1
-    return {**headers, "Retry-After": str(retry_after), "x-should-retry": "true"}
+    return {**headers, "Retry-After": str(max(1, math.ceil(retry_after or 1))), "x-should-retry": "true"}
 
 
 def _record_not_written(record: ResultRecord, err: RecordNotWritten, headers: dict[str, str]) -> HttpAnswer:

@@ -41,6 +41,12 @@ class SecretReader(Protocol):
     def get_secret(self, name: str) -> object: ...
 
 
+class OpenSecretReader(Protocol):
+    """Opens the reader of one vault: `key_vault_secret_reader`, or a test's own."""
+
+    def __call__(self, vault_url: str, *, verify_challenge_resource: bool) -> SecretReader: ...
+
+
 def key_vault_secret_reader(vault_url: str, *, verify_challenge_resource: bool) -> SecretReader:
     """One `DefaultAzureCredential` and one `SecretClient`, the production path everywhere."""
     from azure.identity import DefaultAzureCredential
@@ -67,12 +73,14 @@ class ApiKeySource:
         cache_seconds: float,
         verify_challenge_resource: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        secret_reader: OpenSecretReader = key_vault_secret_reader,
     ) -> None:
         self.vault_url = vault_url
         self.secret_name = secret_name
         self._cache_seconds = cache_seconds
         self._verify_challenge_resource = verify_challenge_resource
-        self._reader: SecretReader | None = None  # created on first use, then kept
+        self._open_reader = secret_reader
+        self._reader: SecretReader | None = None  # opened on first use, then kept
         self._clock = clock
         self._lock = threading.Lock()
         self._value: str | None = None
@@ -113,7 +121,7 @@ class ApiKeySource:
         self.reads += 1
         try:
             if self._reader is None:
-                self._reader = key_vault_secret_reader(
+                self._reader = self._open_reader(
                     self.vault_url, verify_challenge_resource=self._verify_challenge_resource
                 )
             value = getattr(self._reader.get_secret(self.secret_name), "value", None)

@@ -11,25 +11,25 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from shared.record_text import loads_bounded
-from shared.cancel import allowed_resources, caller_of, cancel_requests, rejected_record
 from shared.records import (
     CancelRequest,
     InvalidRequest,
     ResultRecord,
     Trigger,
-    shorten,
+    cut_for_record,
     utc_now,
     validate_correlation_id,
     validate_job_id,
     validate_resource,
     validate_wait_seconds,
 )
+from shared.triggers import allowed_resources, caller_of, cancel_requests, rejected_record
 
 MAX_JOB_IDS = 100
 BULK_CONCURRENCY = 8
 
 
-@dataclass
+@dataclass(frozen=True)
 class BulkResult:
     """The answer to a bulk request: its status, per-position records, and what goes on the queue."""
 
@@ -80,8 +80,9 @@ def cancel_many(body: bytes, *, principal: tuple[str | None, str | None] = (None
             )
         except InvalidRequest as err:
             job_id_seen = err.job_id if err.target == "job_id" else (raw_job_id if isinstance(raw_job_id, str) else None)
-            by_key[key] = rejected_record(err, Trigger.HTTP, received_at, job_id=job_id_seen, caller=caller)
-            by_key[key].correlation_id = correlation_id
+            by_key[key] = rejected_record(
+                err, Trigger.HTTP, received_at, job_id=job_id_seen, caller=caller, correlation_id=correlation_id
+            )
     cancelled = cancel_requests(list(requests.values()), wait_seconds=wait_seconds, concurrency=BULK_CONCURRENCY)
     by_key.update(zip(requests, cancelled, strict=True))
     records = [by_key[_key(item, position, resource)] for position, item in enumerate(job_ids)]
@@ -102,7 +103,7 @@ def _read_body(body: bytes, allowed: Collection[str] | None) -> tuple[list[objec
         payload = loads_bounded(body.decode("utf-8-sig"))  # a leading byte order mark is ignored
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError  # RecursionError: nested too deeply
         raise InvalidRequest(
-            f"body must be a JSON object like {{\"job_ids\": [...]}}: '{shorten(body.decode('utf-8', 'replace'))}'",
+            f"body must be a JSON object like {{\"job_ids\": [...]}}: '{cut_for_record(body.decode('utf-8', 'replace'))}'",
             target="body",
         ) from err
     if not isinstance(payload, dict) or not isinstance(payload.get("job_ids"), list):

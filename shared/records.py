@@ -88,8 +88,8 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def shorten(text: str) -> str:
-    """The offending text as a rejected record keeps it: at most 200 characters."""
+def cut_for_record(text: str) -> str:
+    """Text a request sent, cut to at most 200 characters as a record keeps it (rejected text, caller headers)."""
     return text[:REJECTED_TEXT_MAX_LENGTH]
 
 
@@ -99,9 +99,9 @@ def validate_job_id(job_id: object) -> str:
         return job_id
     shown = job_id if isinstance(job_id, str) else json.dumps(job_id)
     raise InvalidRequest(
-        f"'{shorten(shown)}' is not a fine-tuning job id (expected ftjob-<letters and digits>)",
+        f"'{cut_for_record(shown)}' is not a fine-tuning job id (expected ftjob-<letters and digits>)",
         target="job_id",
-        job_id=shorten(job_id) if isinstance(job_id, str) else None,
+        job_id=cut_for_record(job_id) if isinstance(job_id, str) else None,
     )
 
 
@@ -130,7 +130,7 @@ def validate_resource(resource: object, allowed: Collection[str] | None) -> str:
         resource = DEFAULT_RESOURCE
     if isinstance(resource, str) and (allowed is None or resource in allowed):
         return resource
-    shown = shorten(resource) if isinstance(resource, str) else None
+    shown = cut_for_record(resource) if isinstance(resource, str) else None
     raise InvalidRequest(
         f"resource '{shown}' is not one this app cancels jobs on (its allow-list: AZURE_OPENAI_RESOURCES)"
         if shown is not None
@@ -179,7 +179,7 @@ def parse_queue_message(
         text = body.decode("utf-8-sig").strip()
     except UnicodeDecodeError as err:
         raise InvalidRequest(
-            f"message is not UTF-8 text: '{shorten(body.decode('utf-8', 'replace'))}'", target="message"
+            f"message is not UTF-8 text: '{cut_for_record(body.decode('utf-8', 'replace'))}'", target="message"
         ) from err
     unwrapped = _LINE_BREAKS.sub("", text)
     if _BASE64_TEXT.fullmatch(unwrapped):  # base64 text holds neither "-" nor "{": unambiguous
@@ -204,15 +204,15 @@ def _parse_json_message(text: str, *, dequeue_count: int | None, resources: Coll
     try:
         message = loads_bounded(text)
     except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
-        raise InvalidRequest(f"message is not valid JSON: '{shorten(text)}'", target="message") from err
+        raise InvalidRequest(f"message is not valid JSON: '{cut_for_record(text)}'", target="message") from err
     if not isinstance(message, dict) or "job_id" not in message:
-        raise InvalidRequest(f"JSON message needs a \"job_id\" field: '{shorten(text)}'", target="job_id")
+        raise InvalidRequest(f"JSON message needs a \"job_id\" field: '{cut_for_record(text)}'", target="job_id")
     raw_job_id = message["job_id"]
-    readable_job_id = shorten(raw_job_id) if isinstance(raw_job_id, str) else None
+    readable_job_id = cut_for_record(raw_job_id) if isinstance(raw_job_id, str) else None
     for name in message:
         if name.lower() in QUEUE_METADATA_NAMES:
             raise InvalidRequest(
-                f"field '{shorten(name)}' has the name of the queue message's own metadata, which the Functions host "
+                f"field '{cut_for_record(name)}' has the name of the queue message's own metadata, which the Functions host "
                 "replaces with the field's value, so this message's delivery count cannot be trusted: remove the field",
                 target=name,
                 job_id=readable_job_id,
@@ -243,12 +243,12 @@ def _readable_resource(resource: object) -> str | None:
     """The resource as a rejected record shows it: the name given (cut), `default` when none, else null."""
     if resource is None:
         return DEFAULT_RESOURCE
-    return shorten(resource) if isinstance(resource, str) else None
+    return cut_for_record(resource) if isinstance(resource, str) else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResultRecord:
-    """One record on the results queue (CONTRACT section 5)."""
+    """One record on the results queue (CONTRACT section 5), built whole when its request has ended."""
 
     job_id: str | None
     outcome: Outcome
@@ -267,7 +267,6 @@ class ResultRecord:
     resource: str | None = DEFAULT_RESOURCE
     caller: dict[str, str | None] | None = None
     waited_seconds: float | None = None  # only when the request asked to wait
-    retry_after_seconds: int | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The record's JSON shape, fields in the contract's order (the job is not copied)."""

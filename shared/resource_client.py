@@ -9,9 +9,10 @@ does not hold another's connections (or callers).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 
-from shared.api_key import ApiKeySource
+from shared.api_key import ApiKeySource, OpenSecretReader, key_vault_secret_reader
 from shared.entra_token import TokenSource
 from shared.errors import KeyRefused
 from shared.settings import API_KEY_AUTH, AZURE_OPENAI_AUTH, DEFAULT_RESOURCE, ENTRA_AUTH, ResourceSettings, Settings
@@ -27,7 +28,15 @@ OPENAI_ROLE = "Cognitive Services OpenAI Contributor"
 class ResourceClient:
     """Cancels and reads jobs on one resource, with a fresh credential once when the first is refused."""
 
-    def __init__(self, settings: Settings, resource: ResourceSettings, *, sleep: Callable[[float], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        resource: ResourceSettings,
+        *,
+        sleep: Callable[[float], None],
+        clock: Callable[[], float] = time.monotonic,
+        secret_reader: OpenSecretReader = key_vault_secret_reader,
+    ) -> None:
         self.resource = resource
         self.credentials: ApiKeySource | TokenSource
         if resource.auth == ENTRA_AUTH:
@@ -39,11 +48,13 @@ class ResourceClient:
                 secret_name=resource.key_secret_name,
                 cache_seconds=settings.secret_cache_seconds,
                 verify_challenge_resource=settings.verify_challenge_resource,
+                clock=clock,
+                secret_reader=secret_reader,
             )
-        self.upstream = UpstreamClient(settings, resource, sleep=sleep)
+        self.upstream = UpstreamClient(settings, resource, sleep=sleep, clock=clock)
         # The jobs collection has a client and session of its own: a long listing never holds cancels' connections.
         # It shares the resource's pacer: Azure throttles the resource, whichever path is called.
-        self._collection = UpstreamClient(settings, resource, pacer=self.upstream.pacer, sleep=sleep)
+        self._collection = UpstreamClient(settings, resource, pacer=self.upstream.pacer, sleep=sleep, clock=clock)
 
     def cancel_job(self, job_id: str, *, deadline: float, trace: CallTrace) -> UpstreamReply:
         """POST .../jobs/{id}/cancel."""

@@ -14,16 +14,15 @@ Not through a queue output binding, for two reasons read in Microsoft's source a
 from __future__ import annotations
 
 import logging
-import os
-import threading
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.queue import LinearRetry, QueueClient
 from requests import Session
 from requests.adapters import HTTPAdapter
-from azure.storage.queue import LinearRetry, QueueClient
 
-from shared.settings import ResultsQueueSettings, SettingsError, StorageConnection
+from shared.built_once import BuiltOnce
+from shared.settings import ResultsQueueSettings, SettingsError, StorageConnection, load_results_queue_settings
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +54,12 @@ class ResultsQueue:
         self.name = settings.name
         self._time_to_live = settings.time_to_live
         self._connection = settings.storage
-        self._credential = credential
-        self._client: QueueClient | None = None  # created on first use: no network at import or start-up
-        self._lock = threading.Lock()
+        # Created on first use: no network at import or start-up.
+        self._client = BuiltOnce(lambda connection: _new_queue_client(connection, self.name, credential))
 
     def send(self, text: str) -> None:
         """Send one record's text as it is; raise `RecordNotWritten` when the queue will not take it."""
-        client = self._queue_client()
+        client = self._client.get(self._connection)
         try:
             try:
                 client.send_message(text, time_to_live=self._time_to_live)
@@ -77,15 +75,6 @@ class ResultsQueue:
             raise RecordNotWritten(
                 f"the record could not be written to results queue '{self.name}': {reason}", queue=self.name
             ) from err
-
-    def _queue_client(self) -> QueueClient:
-        client = self._client
-        if client is not None:
-            return client
-        with self._lock:
-            if self._client is None:
-                self._client = _new_queue_client(self._connection, self.name, self._credential)
-            return self._client
 
 
 def _new_queue_client(connection: StorageConnection, queue: str, credential: object | None) -> QueueClient:
@@ -131,21 +120,16 @@ def development_storage_connection_string(queue_origin: str, *, blob_origin: str
     )
 
 
-_queues: dict[ResultsQueueSettings, ResultsQueue] = {}
-_queues_lock = threading.Lock()
+_queue = BuiltOnce(ResultsQueue)
 
 
 def results_queue() -> ResultsQueue:
-    """The process's results queue for the current settings; `RecordNotWritten` when they say none.
+    """The process's results queue; `RecordNotWritten` when its settings are bad.
 
-    Read apart from the other settings, so that a record saying the app is misconfigured still gets written.
+    Its settings are read apart from the others, so that a record saying the app is misconfigured still gets written.
     """
     try:
-        settings = ResultsQueueSettings.from_environ(os.environ)
+        settings = load_results_queue_settings()
     except SettingsError as err:
         raise RecordNotWritten(f"the record could not be written: {err}", queue="") from err
-    queue = _queues.get(settings)
-    if queue is None:
-        with _queues_lock:
-            queue = _queues.setdefault(settings, ResultsQueue(settings))
-    return queue
+    return _queue.get(settings)

@@ -1,7 +1,7 @@
 """The app settings of CONTRACT section 1, read from the environment and validated in one place.
 
-`load_settings()` returns the same frozen `Settings` object for as long as the environment's
-values stay the same, so each process reads and validates its configuration once.
+`load_settings()` reads and validates them once per process and returns the same frozen `Settings`
+(or raises the same `SettingsError`) from then on; `reset()` makes the next call read them again.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import json
 import logging
 import os
 import re
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urlsplit
+
+from shared.built_once import BuiltOnce
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ SETTING_NAMES = (*REQUIRED_SETTINGS, *SETTING_DEFAULTS)
 WEBSITE_AUTH_ENABLED = "WEBSITE_AUTH_ENABLED"  # set by App Service when its Authentication is on
 OPTIONAL_SETTINGS = (AZURE_OPENAI_RESOURCES, WEBSITE_AUTH_ENABLED)
 
-# Read by the SDKs our code path goes through; a change to them must rebuild the clients too.
+# Read by the SDKs our code path goes through (not by `Settings`); the deployment check knows them from here.
 SDK_ENVIRONMENT = (
     "AZURE_CLIENT_ID",
     "IDENTITY_ENDPOINT",
@@ -81,6 +83,7 @@ API_KEY_AUTH, ENTRA_AUTH = "api-key", "entra"
 AUTH_MODES = (API_KEY_AUTH, ENTRA_AUTH)
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
+_T = TypeVar("_T")
 
 
 class SettingsError(Exception):
@@ -350,52 +353,48 @@ def _boolean(name: str, raw: str) -> bool:
     raise SettingsError(name, "must be true or false")
 
 
-class _SettingsCache:
-    """Keeps the last validated Settings with the environment values they were read from."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._snapshot: tuple[str | None, ...] | None = None
-        self._result: Settings | SettingsError | None = None
-
-    def load(self, environ: Mapping[str, str]) -> Settings:
-        snapshot = environment_snapshot(environ)
-        with self._lock:
-            if snapshot != self._snapshot:
-                try:
-                    self._result = Settings.from_environ(environ)
-                except SettingsError as err:
-                    self._result = err
-                    # Reported once per configuration, not once per invocation.
-                    logger.error("Configuration error: %s", err)
-                self._snapshot = snapshot
-            result = self._result
-        if isinstance(result, SettingsError):
-            raise result
-        assert result is not None
-        return result
+def _read_settings(environ: Mapping[str, str]) -> Settings | SettingsError:
+    try:
+        return Settings.from_environ(environ)
+    except SettingsError as err:
+        logger.error("Configuration error: %s", err)  # once per process, not once per invocation
+        return err
 
 
-# The identity-based forms of the storage connection: enough to notice it appear or go.
-STORAGE_CONNECTION_SETTINGS = tuple(
-    f"{AZURE_WEB_JOBS_STORAGE}__{name}"
-    for name in ("accountName", "queueServiceUri", "serviceUri", "blobServiceUri", "credential", "clientId")
-)
-_SNAPSHOT_NAMES = (*SETTING_NAMES, *OPTIONAL_SETTINGS, *SDK_ENVIRONMENT, *STORAGE_CONNECTION_SETTINGS)
+def _read_results_queue_settings(environ: Mapping[str, str]) -> ResultsQueueSettings | SettingsError:
+    try:
+        return ResultsQueueSettings.from_environ(environ)
+    except SettingsError as err:
+        return err
 
 
-def environment_snapshot(environ: Mapping[str, str]) -> tuple[str | None, ...]:
-    """The values of every variable the app's code path reads (this runs on every invocation)."""
-    get = environ.get
-    return tuple([get(name) for name in _SNAPSHOT_NAMES])
+_settings = BuiltOnce(_read_settings)
+_results_queue_settings = BuiltOnce(_read_results_queue_settings)
 
 
-_cache = _SettingsCache()
+def load_settings() -> Settings:
+    """The validated settings of this process, read once; raises `SettingsError` naming a bad setting.
+
+    Azure restarts the worker process when an app setting changes, so one read serves the process's life.
+    """
+    return _kept(_settings.get(os.environ))
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """The validated settings of this process; raises `SettingsError` naming a bad setting."""
-    return _cache.load(os.environ if environ is None else environ)
+def load_results_queue_settings() -> ResultsQueueSettings:
+    """The results queue's settings, read once and apart from the rest: a misconfigured app still records why."""
+    return _kept(_results_queue_settings.get(os.environ))
+
+
+def reset() -> None:
+    """Forget the settings read, so the next load reads `os.environ` again (a test that changes it calls this)."""
+    _settings.reset()
+    _results_queue_settings.reset()
+
+
+def _kept(result: _T | SettingsError) -> _T:
+    if isinstance(result, SettingsError):
+        raise result
+    return result
 
 
 # The guard (CONTRACT section 8, issue 16). GUARD_POLICY is validated by shared.guard_policy; GUARD_SCHEDULE

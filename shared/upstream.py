@@ -23,9 +23,9 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
+from shared.errors import ConnectFailed, NoResponse, RetryableStatus, TimedOut, UnreadableBody
 from shared.record_text import loads_bounded
 from shared.redaction import redact_json, redact_text, request_secrets
-from shared.errors import ConnectFailed, NoResponse, RetryableStatus, TimedOut, UnreadableBody
 from shared.retry import ResourcePacer, backoff_seconds, is_retryable_status, retry_after_seconds
 from shared.settings import UPSTREAM_CONNECT_TIMEOUT_SECONDS, V1_API_VERSION, ResourceSettings, Settings
 

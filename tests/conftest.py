@@ -16,6 +16,7 @@ import azure.functions as func
 import pytest
 from azure.functions.queue import QueueMessage
 
+import shared.settings
 from devstack.environment import emulator_app_settings, steering_variables
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
@@ -82,6 +83,7 @@ def app_settings(
         monkeypatch.delenv(name)
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
+    shared.settings.reset()  # the app reads its settings once; this test's are read on its first call
     return settings
 
 

@@ -21,6 +21,7 @@ from shared.guard_store import CLAIM_SECONDS, GUARD_CONTAINER, GuardStore, Guard
 from shared.results_queue import development_storage_connection_string
 from shared.settings import StorageConnection
 
+
 @pytest.fixture
 def connection(azurite: Azurite) -> str:
     """AzureWebJobsStorage as an account with both services has it (the session Azurite serves blob and queue)."""

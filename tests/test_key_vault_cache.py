@@ -11,7 +11,10 @@ import pytest
 
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
-from shared.cancel import current_service
+from shared.api_key import SecretReader, key_vault_secret_reader
+from shared.cancel import CancelService, current_service
+from shared.records import CancelRequest, ResultRecord, Trigger
+from shared.settings import load_settings
 from tests.support.handlers import API_KEY
 
 
@@ -26,49 +29,72 @@ def test_50_concurrent_invocations_with_a_cold_cache_read_key_vault_once(
     assert vault.read_count() == 1
 
 
+class FakeClock:
+    """Monotonic seconds that pass only when the test says so: a cached key expires without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def cancel_one(service: CancelService, simulator: FineTuningSimulator) -> ResultRecord:
+    return service.cancel(CancelRequest(job_id=simulator.create_job()["id"], trigger=Trigger.HTTP))
+
+
 def test_cached_key_is_used_until_it_expires(
-    simulator: FineTuningSimulator, vault: KeyVaultEmulator, call_http, monkeypatch
+    simulator: FineTuningSimulator, vault: KeyVaultEmulator, app_settings, monkeypatch
 ) -> None:
     monkeypatch.setenv("SECRET_CACHE_SECONDS", "1")
-    call_http(simulator.create_job()["id"])
-    call_http(simulator.create_job()["id"])
+    clock = FakeClock()
+    service = CancelService(load_settings(), clock=clock)
+    cancel_one(service, simulator)
+    cancel_one(service, simulator)
     assert vault.read_count() == 1
-    time.sleep(1.1)
-    call_http(simulator.create_job()["id"])
+    clock.advance(1.1)
+    cancel_one(service, simulator)
     assert vault.read_count() == 2
 
 
 def test_key_vault_outage_with_a_cached_key_keeps_cancelling(
-    simulator: FineTuningSimulator, vault: KeyVaultEmulator, call_http, monkeypatch, caplog
+    simulator: FineTuningSimulator, vault: KeyVaultEmulator, app_settings, monkeypatch, caplog
 ) -> None:
     monkeypatch.setenv("SECRET_CACHE_SECONDS", "0.2")
-    assert call_http(simulator.create_job()["id"]).response.status_code == 200
+    clock = FakeClock()
+    service = CancelService(load_settings(), clock=clock)
+    assert cancel_one(service, simulator).status_code == 200
     vault.set_available(False)
-    time.sleep(0.3)  # the cached key has expired
+    clock.advance(0.3)  # the cached key has expired
     with caplog.at_level(logging.WARNING, logger="shared.api_key"):
-        calls = [call_http(simulator.create_job()["id"]) for _ in range(3)]
-    assert [c.response.status_code for c in calls] == [200, 200, 200]
+        records = [cancel_one(service, simulator) for _ in range(3)]
+    assert [r.status_code for r in records] == [200, 200, 200]
     warnings = [r for r in caplog.records if r.name == "shared.api_key"]
     assert warnings and all("using the api-key read earlier" in w.getMessage() for w in warnings)
     vault.set_available(True)
 
 
 def test_during_a_slow_key_vault_read_other_invocations_use_the_expired_key(
-    simulator: FineTuningSimulator, vault: KeyVaultEmulator, call_http, monkeypatch
+    simulator: FineTuningSimulator, vault: KeyVaultEmulator, app_settings, monkeypatch
 ) -> None:
     monkeypatch.setenv("SECRET_CACHE_SECONDS", "0.2")
-    call_http(simulator.create_job()["id"])
+    clock = FakeClock()
+    service = CancelService(load_settings(), clock=clock)
+    cancel_one(service, simulator)
     vault.set_available(False)  # each read now spends the SDK's retries before it gives up
-    time.sleep(0.3)
-    api_keys = current_service().api_keys
+    clock.advance(0.3)
+    api_keys = service.api_keys
     with ThreadPoolExecutor(max_workers=1) as pool:
-        reader = pool.submit(call_http, simulator.create_job()["id"])
+        reader = pool.submit(cancel_one, service, simulator)
         while api_keys.reads == 1 and not reader.done():  # until the reader is inside its Key Vault read
             time.sleep(0.005)
-        others = [call_http(simulator.create_job()["id"]) for _ in range(5)]
+        others = [cancel_one(service, simulator) for _ in range(5)]
         first = reader.result()
-    assert [c.response.status_code for c in others] == [200] * 5 and first.response.status_code == 200
-    assert max(c.record["completed_at"] for c in others) < first.record["completed_at"]
+    assert [r.status_code for r in others] == [200] * 5 and first.status_code == 200
+    assert max(r.completed_at for r in others) < first.completed_at
     vault.set_available(True)
 
 
@@ -80,15 +106,27 @@ def test_key_vault_outage_without_a_cached_key_is_503(
     assert call.response.status_code == 503 and call.record["retryable"] is True
 
 
-def test_one_credential_and_one_secret_client_per_process(
-    simulator: FineTuningSimulator, vault: KeyVaultEmulator, call_http
-) -> None:
+def test_one_service_per_process(simulator: FineTuningSimulator, call_http) -> None:
     call_http(simulator.create_job()["id"])
     service = current_service()
-    reader = service.api_keys._reader
-    service.api_keys.clear_cache()
     call_http(simulator.create_job()["id"])
-    assert current_service() is service and service.api_keys._reader is reader
+    assert current_service() is service
+
+
+def test_one_credential_and_one_secret_client_per_service(
+    simulator: FineTuningSimulator, vault: KeyVaultEmulator, app_settings
+) -> None:
+    opened: list[str] = []
+
+    def open_reader(vault_url: str, *, verify_challenge_resource: bool) -> SecretReader:
+        opened.append(vault_url)
+        return key_vault_secret_reader(vault_url, verify_challenge_resource=verify_challenge_resource)
+
+    service = CancelService(load_settings(), secret_reader=open_reader)
+    cancel_one(service, simulator)
+    service.api_keys.clear_cache()
+    cancel_one(service, simulator)
+    assert len(opened) == 1  # one SecretClient, kept
     assert vault.read_count() == 2
     assert vault.token_count == 1  # the credential kept its token
 

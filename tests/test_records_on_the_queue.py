@@ -18,7 +18,7 @@ from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient
 
 from devstack.openai_sim import FineTuningSimulator
-from shared.cancel import RetryLater
+from shared.contract import RetryLater
 from shared.record_text import KEPT_JOB_FIELDS
 from tests.support.handlers import call_bulk, drain_results, handler
 from tests.support.records import assert_queue_safe, strict_loads

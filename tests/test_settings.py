@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import pytest
 
+import shared.settings
 from shared.settings import SETTING_DEFAULTS, Settings, SettingsError, load_settings
 
 VALID = {
@@ -118,18 +121,37 @@ def test_results_ttl_and_identity_based_results_queue() -> None:
     assert results.storage.client_id == "cid" and results.storage.connection_string is None
 
 
-def test_bad_configuration_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    environ = {**VALID, "UPSTREAM_MAX_RETRIES": "many"}
+@pytest.fixture
+def environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[dict[str, str]], None]]:
+    """Sets the process's environment to exactly these settings, as a worker process starting with them."""
+
+    def use(settings: dict[str, str]) -> None:
+        for name in (*shared.settings.SETTING_NAMES, *shared.settings.OPTIONAL_SETTINGS):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in settings.items():
+            monkeypatch.setenv(name, value)
+        shared.settings.reset()
+
+    yield use
+    shared.settings.reset()  # the next test reads its own
+
+
+def test_bad_configuration_is_logged_once(caplog: pytest.LogCaptureFixture, environ) -> None:
+    environ({**VALID, "UPSTREAM_MAX_RETRIES": "many"})
     with caplog.at_level("ERROR"):
         for _ in range(5):
             with pytest.raises(SettingsError):
-                load_settings(environ)
+                load_settings()
     assert [r.getMessage() for r in caplog.records if "UPSTREAM_MAX_RETRIES" in r.getMessage()] == [
         "Configuration error: app setting UPSTREAM_MAX_RETRIES must be a whole number"
     ]
 
 
-def test_settings_are_read_once_per_configuration() -> None:
-    first = load_settings(dict(VALID))
-    assert load_settings(dict(VALID)) is first
-    assert load_settings({**VALID, "UPSTREAM_MAX_RETRIES": "1"}) is not first
+def test_settings_are_read_once_per_process_until_reset(environ, monkeypatch: pytest.MonkeyPatch) -> None:
+    environ(dict(VALID))
+    first = load_settings()
+    assert load_settings() is first
+    monkeypatch.setenv("UPSTREAM_MAX_RETRIES", "1")  # not read per invocation: Azure restarts the worker instead
+    assert load_settings() is first and first.upstream_max_retries == 3
+    environ({**VALID, "UPSTREAM_MAX_RETRIES": "1"})  # resets, as a new worker process would start
+    assert load_settings() is not first

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import azure.functions as func
 
+import shared.settings  # the app's settings, read once per (worker) process: reset when the runner sets them
 from devstack._http import BackgroundServer, EmulatorServer
 from devstack.host_rules import worker_thread_count
 from devstack.runner.admin import AdminApi, KeyRing, generate_master_key
@@ -50,6 +51,7 @@ class _EnvironmentLease:
             _EnvironmentLease._holder = owner
         self._saved = {name: os.environ.get(name) for name in self._settings}
         os.environ.update(self._settings)
+        shared.settings.reset()  # as a worker process starting with these app settings would read them
 
     def restore(self) -> None:
         for name, value in self._saved.items():
@@ -58,6 +60,7 @@ class _EnvironmentLease:
             else:
                 os.environ[name] = value
         self._saved = {}
+        shared.settings.reset()
         with _EnvironmentLease._lock:
             _EnvironmentLease._holder = None
 
