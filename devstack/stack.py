@@ -85,6 +85,7 @@ class StackInfo:
     logs: dict[str, str] = field(default_factory=dict)
     keyless_endpoint: str = ""  # the `keyless` resource's simulator
     keyless_jobs: list[str] = field(default_factory=list)
+    master_key: str = ""  # the runner's, for the host's admin API (`ftcancel guard sweep`)
 
     def save(self, path: Path = STATE_FILE) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +183,8 @@ class LocalStack:
         self.runner = runner_process(
             log_path=self.log_dir / "runner.log", env=child_environ(settings), port=self._runner_port
         ).start()
-        functions_url = self.runner.ready_payload()["api_url"]
+        ready = self.runner.ready_payload()
+        functions_url = ready["api_url"]
         self._report(f"Functions runner        {functions_url}")
         self.info = StackInfo(
             functions_url=functions_url,
@@ -197,6 +199,7 @@ class LocalStack:
             logs={part.name: shown_path(part.log_path) for part in self.parts()},
             keyless_endpoint=keyless_endpoint,
             keyless_jobs=self.keyless_jobs,
+            master_key=ready["master_key"],
         )
         return self.info
 
@@ -330,6 +333,9 @@ def print_usage_examples(info: StackInfo, out: TextIO) -> None:
     write(f"  az storage message put --queue-name {info.requests_queue} --content {queued} {storage}\n\n")
     write("Read the result records (add --delete to take them off the queue, --follow to keep reading):\n")
     write(f"  {ftcancel} results {storage} --queue {info.results_queue}\n\n")
+    write("The guard (README, Guardrails; set GUARD_POLICY for sweeps to pick jobs): the kill switch, a sweep now:\n")
+    write(f"  {ftcancel} guard cancel-active --url {info.functions_url} --key {info.function_key} --dry-run\n")
+    write(f"  {ftcancel} guard sweep --url {info.functions_url} --master-key {info.master_key}\n\n")
     out.flush()
 
 

@@ -23,6 +23,7 @@ from azure.keyvault.secrets import SecretClient
 
 from devstack.keyvault_emulator import CHALLENGE, KeyVaultEmulator
 from devstack.processes import read_ready_line
+from tests.support.identity import token
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "azure-openai-api-key"
@@ -66,18 +67,6 @@ def secret_client(**kwargs: Any) -> SecretClient:
     return SecretClient(
         os.environ["KEY_VAULT_URL"], DefaultAzureCredential(), verify_challenge_resource=False, **kwargs
     )
-
-
-def token(kv: KeyVaultEmulator, resource: str = "https://vault.azure.net") -> str:
-    """Fetch a token from the identity endpoint by hand."""
-    response = requests.get(
-        kv.identity_endpoint,
-        params={"api-version": "2019-08-01", "resource": resource},
-        headers={"X-IDENTITY-HEADER": kv.identity_header},
-        timeout=5,
-    )
-    response.raise_for_status()
-    return response.json()["access_token"]
 
 
 # --- through the SDK ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from shared.errors import RetryableStatus
 from shared.retry import MAX_PACING_SPACING, PACING_RELAX, PACING_TIGHTEN, ResourcePacer
 from shared.settings import DEFAULT_RESOURCE, Settings
 from shared.upstream import CallTrace, UpstreamClient
-from tests.conftest import API_KEY
+from tests.support.handlers import API_KEY
 
 AUTH = {"api-key": API_KEY}
 FAR = 1e9  # a deadline that never matters
@@ -29,19 +29,23 @@ FAR = 1e9  # a deadline that never matters
 PACER_TABLE = [
     pytest.param([("turn", 5.0, 5.0), ("turn", 5.0, 5.0)], id="never throttled: everyone starts at once"),
     pytest.param(
-        [("429", 10.0, 0.5), ("turn", 10.1, 10.5), ("turn", 10.1, 11.0), ("turn", 10.2, 11.5)],
+        [("429", 10.0, 0.02), ("turn", 10.01, 10.02), ("turn", 10.01, 10.04), ("turn", 10.01, 10.06)],
         id="a 429 holds every caller until the advice, then one per advised wait",
     ),
     pytest.param(
-        [("429", 10.0, 0.5), ("turn", 12.0, 12.0), ("turn", 12.0, 12.5)],
+        [("429", 10.0, 0.5), ("turn", 10.1, 10.5), ("turn", 10.1, 10.5 + MAX_PACING_SPACING)],
+        id="a hold of seconds, then turns at most MAX_PACING_SPACING apart",
+    ),
+    pytest.param(
+        [("429", 10.0, 0.02), ("turn", 12.0, 12.0), ("turn", 12.0, 12.02)],
         id="a caller who comes after the hold starts at once, the next one spacing later",
     ),
     pytest.param(
-        [("429", 10.0, 0.2), ("429", 10.0, 0.1), ("turn", 10.0, 10.2), ("turn", 10.0, 10.2 + 0.2 * PACING_TIGHTEN)],
+        [("429", 10.0, 0.02), ("429", 10.0, 0.01), ("turn", 10.0, 10.02), ("turn", 10.0, 10.02 + 0.02 * PACING_TIGHTEN)],
         id="a second 429 never shortens the hold and lengthens the spacing",
     ),
     pytest.param(
-        [("429", 0.0, 0.2), ("ok",), ("turn", 1.0, 1.0), ("turn", 1.0, 1.0 + 0.2 * PACING_RELAX)],
+        [("429", 0.0, 0.02), ("ok",), ("turn", 1.0, 1.0), ("turn", 1.0, 1.0 + 0.02 * PACING_RELAX)],
         id="a call let through shortens the spacing",
     ),
     pytest.param(
@@ -50,7 +54,7 @@ PACER_TABLE = [
     ),
     pytest.param(
         [("429", 0.0, 30.0), ("turn", 1.0, 30.0), ("turn", 1.0, 30.0 + MAX_PACING_SPACING)],
-        id="a long advice holds that long, but turns are at most a second apart",
+        id="a long advice holds that long, but turns are at most MAX_PACING_SPACING apart",
     ),
     pytest.param([("429", 0.0, 0.0), ("turn", 0.0, 0.0), ("turn", 0.0, 0.0)], id="advice of 0: no pacing"),
 ]
@@ -72,10 +76,10 @@ def test_pacer_table(events: list[tuple]) -> None:
 def test_refusals_of_calls_sent_before_the_hold_do_not_lengthen_the_spacing() -> None:
     pacer = ResourcePacer()
     for _ in range(10):  # a herd of callers sent at 0.0, all refused at 0.1
-        pacer.throttled(0.1, 0.2, sent_at=0.0, turn=0.0, latest=0.0)
-    assert pacer.spacing == pytest.approx(0.2)
-    pacer.throttled(0.5, 0.2, sent_at=0.4, turn=0.4, latest=0.0)  # one sent at its turn and still refused: too close together
-    assert pacer.spacing == pytest.approx(0.2 * PACING_TIGHTEN)
+        pacer.throttled(0.1, 0.02, sent_at=0.0, turn=0.0, latest=0.0)
+    assert pacer.spacing == pytest.approx(0.02)
+    pacer.throttled(0.5, 0.02, sent_at=0.4, turn=0.4, latest=0.0)  # one sent at its turn and still refused: too close together
+    assert pacer.spacing == pytest.approx(0.02 * PACING_TIGHTEN)
 
 
 def test_the_refused_caller_retries_after_its_advice_or_after_those_who_took_turns_since() -> None:
@@ -147,7 +151,7 @@ def test_a_429_holds_the_next_caller_of_the_resource_before_its_first_call(
     reply = second.cancel_job(simulator.create_job()["id"], AUTH, deadline=fake.now + 20, trace=second_trace)
     assert reply.status == 200
     assert second_trace.attempts == 1  # it never met the 429 itself
-    assert fake.sleeps == [pytest.approx(0.4 + 0.4)]  # its turn: the advice, then one spacing after the first
+    assert fake.sleeps == [pytest.approx(0.4 + MAX_PACING_SPACING)]  # its turn: the advice, then a spacing (capped)
 
 
 def test_a_turn_past_the_deadline_answers_429_without_calling(simulator: FineTuningSimulator, clients) -> None:

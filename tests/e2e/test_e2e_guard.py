@@ -22,7 +22,7 @@ import requests
 
 from devstack.openai_sim import FineTuningSimulator
 from opscli.cli import main
-from tests.test_guard import (
+from tests.support.guard import (
     ACTIVE,
     COMMON_BUDGET_ALERT,
     EXPECTED_RULES,
@@ -32,7 +32,6 @@ from tests.test_guard import (
     alert_with_id,
     seed_every_state,
 )
-from tests.test_many_resources import second  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.e2e
 

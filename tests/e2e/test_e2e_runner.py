@@ -14,19 +14,11 @@ from azure.storage.queue import QueueClient
 
 from devstack.runner import FunctionsRunner, HostSettings, RunnerError, index_functions
 from devstack.storage import Azurite
+from tests.support.hosts import FAST_HOST
 from tests.support.queues import message_count, take_messages, unique_queue_name
 
 pytestmark = pytest.mark.e2e
 
-FAST_HOST = HostSettings(
-    route_prefix="api",
-    message_encoding="none",
-    max_dequeue_count=3,
-    visibility_timeout=0,
-    batch_size=4,
-    new_batch_threshold=2,
-    max_polling_interval=0.2,
-)
 
 
 CONCURRENT_CALLS = 3

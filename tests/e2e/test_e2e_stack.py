@@ -105,6 +105,7 @@ def run_printed_curl(printed: str, *, which: int = 0) -> requests.Response:
 
 
 def test_run_serves_the_printed_examples_until_sigterm(tmp_path: Path):
+    """Every command `make run` prints works as pasted: curl, ftcancel enqueue/results, the guard's two."""
     stack, _ = start_run(tmp_path)
     try:
         printed = read_until(stack, "Read the result records")
@@ -141,6 +142,18 @@ def test_run_serves_the_printed_examples_until_sigterm(tmp_path: Path):
             ("queue", "default", "ftjob-local2", "cancelled"),
             ("queue", "keyless", "ftjob-keyless2", "cancelled"),
         ]
+        printed += read_until(stack, "The guard (")
+        [kill_switch] = re.findall(r"^  (\S*ftcancel guard cancel-active .+)$", printed, re.MULTILINE)
+        dry_run = run_printed(kill_switch)
+        assert dry_run.returncode == 0 and "nothing enqueued" in dry_run.stderr, dry_run.stderr
+        [sweep_now] = re.findall(r"^  (\S*ftcancel guard sweep .+)$", printed, re.MULTILINE)
+        swept = run_printed(sweep_now)
+        assert swept.returncode == 0 and "sweep started" in swept.stdout, swept.stderr
+        runner_log = tmp_path / "logs" / "runner.log"
+        deadline = time.monotonic() + 30
+        while "Executed 'Functions.guard_sweep' (Succeeded" not in runner_log.read_text(encoding="utf-8"):
+            assert time.monotonic() < deadline, "the sweep the admin API started did not run"
+            time.sleep(0.2)
         ports = {int(port) for port in _LOOPBACK_PORT.findall(printed)}
     finally:
         stack.send_signal(signal.SIGTERM)

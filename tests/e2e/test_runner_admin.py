@@ -26,9 +26,8 @@ from azure.storage.queue import QueueClient
 
 from devstack.runner import FunctionsRunner
 from devstack.storage import Azurite
-
-from .queue_polling import take_messages, unique_queue_name
-from .test_e2e_runner import FAST_HOST
+from tests.support.hosts import FAST_HOST
+from tests.support.queues import take_messages, unique_queue_name
 
 pytestmark = pytest.mark.e2e
 

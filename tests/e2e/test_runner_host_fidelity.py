@@ -23,9 +23,8 @@ from azure.storage.queue import QueueClient
 
 from devstack.runner import FunctionsRunner
 from devstack.storage import Azurite
+from tests.support.hosts import FAST_HOST as RUNNER_TEST_HOST
 from tests.support.queues import message_count, take_messages, unique_queue_name
-
-from .test_e2e_runner import FAST_HOST as RUNNER_TEST_HOST
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,7 @@ import azure.functions as func
 import pytest
 
 from devstack.runner import FunctionsRunner, NcrontabSchedule, RunnerError
-
-from .test_e2e_runner import FAST_HOST
+from tests.support.hosts import FAST_HOST
 
 
 def moment(text: str) -> time.struct_time:

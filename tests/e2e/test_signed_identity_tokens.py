@@ -14,7 +14,7 @@ import requests
 from devstack.keyvault_emulator import KeyVaultEmulator, signed_token, verify_signed_token
 from devstack.openai_sim import FineTuningSimulator
 from devstack.stack import COGNITIVE_SERVICES_AUDIENCE
-from tests.test_keyvault_emulator import token as issued_token  # a token from the identity endpoint, by hand
+from tests.support.identity import token as issued_token  # a token from the identity endpoint, by hand
 
 pytestmark = pytest.mark.e2e
 
