@@ -127,15 +127,6 @@ def _enqueue(connection_string: str, queue_name: str, job_ids: Sequence[str]) ->
     return sent_at
 
 
-def _record_count(queue: Any) -> int:
-    from azure.core.exceptions import ResourceNotFoundError
-
-    try:
-        return queue.get_queue_properties().approximate_message_count
-    except ResourceNotFoundError:
-        return 0
-
-
 def _read_records(queue: Any) -> list[dict[str, Any]]:
     """Every record on the results queue (each message hidden once read, so each is read once)."""
     records = []
@@ -153,6 +144,7 @@ def drain(config: DrainConfig, job_ids: Sequence[str], environ: Mapping[str, str
     from azure.storage.queue import QueueClient
 
     from devstack.runner import FunctionsRunner, HostSettings, load_function_app
+    from devstack.storage import message_count
 
     connection_string = environ["AzureWebJobsStorage"]
     requests_queue, results_queue = (f"drain-{uuid.uuid4().hex[:10]}-{role}" for role in ("requests", "results"))
@@ -181,7 +173,7 @@ def drain(config: DrainConfig, job_ids: Sequence[str], environ: Mapping[str, str
     count, last_change = 0, time.monotonic()
     while count < len(job_ids) and time.monotonic() - last_change < stall_seconds:
         time.sleep(POLL_SECONDS)
-        now_count = _record_count(results)
+        now_count = message_count(results)
         if now_count != count:
             count, last_change = now_count, time.monotonic()
     ended = time.time()

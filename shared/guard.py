@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from shared.answers import HttpAnswer
+from shared.built_once import BuiltOnce
 from shared.cancel import CancelService, current_service
 from shared.errors import CancelError
 from shared.guard_alerts import MAX_ALERT_BYTES, parse_budget_alert
@@ -149,29 +149,22 @@ class Guard:
         return False
 
 
-class _GuardHolder:
-    """The process's Guard, rebuilt when the cancel service (that is, the settings) changes."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._guard: Guard | None = None
-        self._stores: dict[tuple[StorageConnection, str], GuardStore] = {}
-
-    def current(self) -> Guard:
-        service = current_service()
-        guard = self._guard
-        if guard is not None and guard.service is service:
-            return guard
-        with self._lock:
-            if self._guard is None or self._guard.service is not service:
-                key = (service.settings.results.storage, service.settings.requests_queue)
-                if key not in self._stores:
-                    self._stores[key] = open_guard_store(*key)
-                self._guard = Guard(service, self._stores[key])
-            return self._guard
+_stores: dict[tuple[StorageConnection, str], GuardStore] = {}  # one per storage and queue, built under _guards' lock
 
 
-_guards = _GuardHolder()
+def _guard_for(service: CancelService) -> Guard:
+    key = (service.settings.results.storage, service.settings.requests_queue)
+    if key not in _stores:
+        _stores[key] = open_guard_store(*key)
+    return Guard(service, _stores[key])
+
+
+_guards: BuiltOnce[CancelService, Guard] = BuiltOnce(_guard_for)  # rebuilt when the service (the settings) changes
+
+
+def current_guard() -> Guard:
+    """The process's Guard, for the current cancel service."""
+    return _guards.get(current_service())
 
 
 def current_policy(allow_list: Collection[str]) -> GuardPolicy | None:
@@ -185,7 +178,7 @@ def sweep() -> GuardRun:
     policy = current_policy(service.settings.resources.keys())
     if policy is None:
         return NOTHING
-    guard = _guards.current()
+    guard = current_guard()
     run = guard.run(
         policy.swept_resources(service.settings.resources),
         lambda jobs, now: breaches(jobs, policy, now=now),
@@ -215,7 +208,7 @@ def cancel_active(body: bytes) -> HttpAnswer:
     resource, groups, dry_run = request
     resources = policy.swept_resources(service.settings.resources) if policy else list(service.settings.resources)
     resources = [name for name in resources if resource is None or name == resource]
-    run = _guards.current().run(
+    run = current_guard().run(
         resources,
         lambda jobs, now: matching_active(jobs, policy, groups=groups, rule=CANCEL_ACTIVE),
         dry_run=dry_run or (policy is not None and policy.dry_run),
@@ -237,7 +230,7 @@ def budget_alert(body: bytes) -> HttpAnswer:
     if policy is None or policy.on_budget_alert != "cancel_active":
         logger.info("guard: budget alert %s received; the policy says do nothing", alert.budget)
         return _run_answer(NOTHING)
-    guard = _guards.current()
+    guard = current_guard()
     try:
         first = guard.store.first_delivery(alert.identity)
     except GuardStoreError as err:

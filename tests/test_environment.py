@@ -12,7 +12,7 @@ from devstack.environment import (
     emulator_app_settings,
     steering_variables,
 )
-from shared.settings import load_settings
+from shared.settings import Settings
 
 
 def test_every_variable_azure_identity_reads_is_stripped():
@@ -45,5 +45,5 @@ def test_the_settings_point_at_the_emulators_and_validate():
     assert environ["IDENTITY_ENDPOINT"] == "http://127.0.0.1:8444/token"  # the emulator's, not the machine's
     assert "AZURE_CLIENT_SECRET" not in environ
     assert environ["GUARD_SCHEDULE"] == LOCAL_GUARD_SCHEDULE
-    loaded = load_settings(environ)
+    loaded = Settings.from_environ(environ)
     assert (loaded.requests_queue, loaded.key_secret_name) == ("cancel-requests", "azure-openai-api-key")

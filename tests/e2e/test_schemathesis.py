@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 import schemathesis
-from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient
 from hypothesis import HealthCheck, settings
 
 from devstack.openai_sim import JOB_STATES, FineTuningSimulator
+from devstack.storage import take_messages
 from tests.support.handlers import FUNCTION_KEY
 from tests.support.openapi import OPENAPI_PATH, component_validator, load_document
 
@@ -117,14 +117,4 @@ def test_the_run_uses_every_check_it_promises() -> None:
 
 def _drain(queue: QueueClient) -> list[dict[str, Any]]:
     """Every message on the queue now: the function wrote its records before it answered."""
-    taken: list[dict[str, Any]] = []
-    while True:
-        try:
-            messages = list(queue.receive_messages(messages_per_page=32, max_messages=32))
-        except ResourceNotFoundError:  # no record yet: the output binding creates the queue with the first
-            return taken
-        if not messages:
-            return taken
-        for message in messages:
-            taken.append(json.loads(message.content))
-            queue.delete_message(message)
+    return [json.loads(text) for text in take_messages(queue)]

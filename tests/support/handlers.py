@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,11 +44,16 @@ def drain_results() -> Output:
     return Output(take_messages(queue, visibility_timeout=DRAIN_VISIBILITY_SECONDS))
 
 
+_indexing = threading.Lock()  # azure-functions' get_functions() is not safe to call from two threads at once
+
+
 def handler(trigger_type: str, route: str | None = None) -> Callable[..., Any]:
     """The user function whose trigger has this type (and, for HTTP, this route), as the host indexes it."""
     import function_app
 
-    for function in function_app.app.get_functions():
+    with _indexing:
+        functions = function_app.app.get_functions()
+    for function in functions:
         for binding in function.get_bindings():
             if binding.type == trigger_type and route in (None, getattr(binding, "route", None)):
                 return function.get_user_function()
