@@ -21,6 +21,7 @@ from azure.storage.queue import QueueClient
 
 from devstack.chaos.plan import THREAD_JOIN_SECONDS, ChaosError
 from devstack.environment import RESULTS_QUEUE
+from devstack.storage import with_storage_retries
 
 STORAGE_RETRY_WAIT = 0.2  # the run's own Azurite clients retry this often while Azurite is away
 COLLECT_VISIBILITY_SECONDS = 5  # records received by a poll whose answer the restart lost come back this soon
@@ -32,16 +33,13 @@ def storage_client(connection_string: str, queue: str) -> QueueClient:
 
 
 def retry_storage(operation: Callable[[], Any], *, until: float, what: str) -> Any:
-    """Run an Azurite call, again and again while Azurite is unreachable or restarting, until `until`."""
-    while True:
-        try:
-            return operation()
-        except ResourceNotFoundError:
-            raise
-        except AzureError as err:
-            if time.monotonic() > until:
-                raise ChaosError(f"{what}: Azurite still failing at the time limit ({type(err).__name__})") from err
-            time.sleep(STORAGE_RETRY_WAIT)
+    """Run an Azurite call, again while it fails transiently (Azurite unreachable or restarting), until `until`."""
+    try:
+        return with_storage_retries(operation, what=what, seconds=max(0.0, until - time.monotonic()))
+    except ResourceNotFoundError:
+        raise
+    except AzureError as err:
+        raise ChaosError(f"{what}: Azurite still failing at the time limit ({type(err).__name__})") from err
 
 
 @dataclass
