@@ -293,6 +293,14 @@ def measured_text(results: dict[str, Any]) -> str:
     return "; ".join(parts) or "all, this run"
 
 
+def _provenance(results: dict[str, Any]) -> str:
+    generated = results["generated_at"]
+    kept = [part for part, run in results.get("measured", {}).items() if run["generated_at"] != generated]
+    if not kept:
+        return "Every figure on it comes from the run below"
+    return f"Every figure comes from the run below except the {', '.join(kept)} part, kept from an earlier run (see Machine)"
+
+
 def markdown(results: dict[str, Any], *, doc_dir: Path, out: Path) -> str:
     relative_out = os.path.relpath(out, doc_dir).replace(os.sep, "/")
     m = results["machine"]
@@ -310,13 +318,13 @@ POST. This page measures how close it is, side by side in one run, against the r
 official `openai` SDK and a naive script. It then measures what a platform team waits for: how
 fast a backlog of queued cancels drains through the app when Azure OpenAI answers in 150 ms and
 throttles (the queue drain section), and a fresh process's first cancel in both auth modes (cold
-start). Every figure on it comes from the run below; rerun it with
+start). {_provenance(results)}; rerun it all with
 
 ```bash
 make bench
 ```
 
-(about {results["elapsed_seconds"] / 60:.0f} minutes here). Raw results: [`{relative_out}/results.json`]({relative_out}/results.json).
+(this run took about {results["elapsed_seconds"] / 60:.0f} minutes here). Raw results: [`{relative_out}/results.json`]({relative_out}/results.json).
 
 ![Cancels per second per case and concurrency]({relative_out}/throughput.png)
 
