@@ -21,10 +21,10 @@ from devstack.environment import emulator_app_settings, steering_variables
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
 from devstack.runner import FunctionsRunner, HostSettings, load_function_app
-from devstack.storage import Azurite
+from devstack.storage import Azurite, message_count
 from shared.settings import UPSTREAM_DEADLINE_SECONDS, UPSTREAM_TIMEOUT_SECONDS
 from tests.support.handlers import FUNCTION_KEY
-from tests.support.queues import RECORD_TIMEOUT_SECONDS, message_count, take_messages, unique_queue_name
+from tests.support.queues import RECORD_TIMEOUT_SECONDS, take_parsed, unique_queue_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VISIBILITY_TIMEOUT_SECONDS = 1.0  # test knob: host.json says 30 s between attempts
@@ -69,7 +69,7 @@ class LocalApp:
 
     def wait_for_records(self, count: int, *, timeout: float = RECORD_TIMEOUT_SECONDS) -> list[dict[str, Any]]:
         """Take result records off the results queue until `count` came; fail after `timeout`."""
-        return take_messages(self.results_queue, count, timeout=timeout)
+        return take_parsed(self.results_queue, count, timeout=timeout)
 
     def messages_left(self, queue: QueueClient | None = None) -> int:
         """Messages on the request queue (or another), invisible ones included."""

@@ -27,8 +27,8 @@ from azure.storage.queue import QueueClient
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
 from devstack.runner import development_storage_connection_string
-from devstack.storage import Azurite
-from tests.support.queues import message_count, unique_queue_name
+from devstack.storage import Azurite, message_count
+from tests.support.queues import unique_queue_name
 
 pytestmark = pytest.mark.e2e
 

@@ -13,9 +13,9 @@ import requests
 from azure.storage.queue import QueueClient
 
 from devstack.runner import FunctionsRunner, HostSettings, RunnerError, index_functions
-from devstack.storage import Azurite
+from devstack.storage import Azurite, message_count
 from tests.support.hosts import FAST_HOST
-from tests.support.queues import message_count, take_messages, unique_queue_name
+from tests.support.queues import take_parsed, unique_queue_name
 
 pytestmark = pytest.mark.e2e
 
@@ -125,7 +125,7 @@ def test_a_message_that_keeps_failing_goes_to_the_poison_queue_after_max_dequeue
 ):
     queue(azurite, queues["FAILING_QUEUE"]).send_message("payload that fails")
 
-    [poisoned] = take_messages(queue(azurite, queues["FAILING_QUEUE"] + "-poison"), 1)
+    [poisoned] = take_parsed(queue(azurite, queues["FAILING_QUEUE"] + "-poison"), 1)
 
     assert poisoned == "payload that fails"
     assert calls.dequeue_counts == [1, 2, 3]
@@ -138,7 +138,7 @@ def test_outputs_are_written_when_the_function_returns_normally(
 ):
     queue(azurite, queues["SHOUT_QUEUE"]).send_message("hello")
 
-    assert take_messages(queue(azurite, queues["OUTPUT_QUEUE"]), 1) == ["HELLO"]
+    assert take_parsed(queue(azurite, queues["OUTPUT_QUEUE"]), 1) == ["HELLO"]
     assert calls.bodies == [b"hello"]
     assert message_count(queue(azurite, queues["SHOUT_QUEUE"])) == 0
 
@@ -151,7 +151,7 @@ def test_base64_message_encoding_decodes_triggers_and_encodes_outputs(
     try:
         queue(azurite, queues["SHOUT_QUEUE"]).send_message(base64.b64encode(b"hello").decode())
 
-        [output] = take_messages(queue(azurite, queues["OUTPUT_QUEUE"]), 1)
+        [output] = take_parsed(queue(azurite, queues["OUTPUT_QUEUE"]), 1)
     finally:
         runner.stop()
     assert calls.bodies == [b"hello"]
@@ -183,7 +183,7 @@ def test_a_failed_http_invocation_writes_no_output(azurite: Azurite, runner: Fun
     assert requests.get(f"{runner.api_url}/items/3?fail=1", timeout=10).status_code == 500
     assert requests.get(f"{runner.api_url}/items/4", timeout=10).status_code == 201
 
-    assert take_messages(queue(azurite, queues["OUTPUT_QUEUE"]), 1) == ["item 4"]
+    assert take_parsed(queue(azurite, queues["OUTPUT_QUEUE"]), 1) == ["item 4"]
     assert message_count(queue(azurite, queues["OUTPUT_QUEUE"])) == 0
 
 
@@ -214,7 +214,7 @@ def test_a_batch_of_messages_runs_concurrently(azurite: Azurite, runner: Functio
     for n in range(CONCURRENT_CALLS):
         queue(azurite, queues["RENDEZVOUS_QUEUE"]).send_message(f"message {n}")
 
-    outputs = take_messages(queue(azurite, queues["OUTPUT_QUEUE"]), CONCURRENT_CALLS)
+    outputs = take_parsed(queue(azurite, queues["OUTPUT_QUEUE"]), CONCURRENT_CALLS)
 
     assert sorted(outputs) == [f"message {n} dequeue 1" for n in range(CONCURRENT_CALLS)]
 

@@ -12,8 +12,8 @@ import pytest
 
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
+from devstack.storage import message_count
 from shared.entra_token import COGNITIVE_SERVICES_SCOPE
-from tests.support.queues import message_count
 
 AUDIENCE = COGNITIVE_SERVICES_SCOPE.removesuffix("/.default")
 

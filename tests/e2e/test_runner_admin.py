@@ -27,7 +27,7 @@ from azure.storage.queue import QueueClient
 from devstack.runner import FunctionsRunner
 from devstack.storage import Azurite
 from tests.support.hosts import FAST_HOST
-from tests.support.queues import take_messages, unique_queue_name
+from tests.support.queues import take_parsed, unique_queue_name
 
 pytestmark = pytest.mark.e2e
 
@@ -113,7 +113,7 @@ def test_the_master_key_runs_a_timer_function_on_demand_which_writes_its_outputs
     assert (answer.status_code, answer.text) == (202, "")
     timer = runs.timers.get(timeout=RUN_TIMEOUT_SECONDS)
     assert isinstance(timer, func.TimerRequest) and timer.past_due is False  # TimerTriggerBinding.BindAsync
-    assert take_messages(output_queue, 1) == ["swept"]
+    assert take_parsed(output_queue, 1) == ["swept"]
 
 
 def test_the_master_key_in_the_code_query_and_the_function_name_in_any_case_run_it_too(
@@ -134,7 +134,7 @@ def test_a_queue_function_run_on_demand_gets_the_input_as_a_message_of_its_own(
     msg = runs.messages.get(timeout=RUN_TIMEOUT_SECONDS)
     # StringToStorageQueueMessageConverter: new CloudQueueMessage(input), no id, dequeue count 0
     assert (msg.get_body(), msg.id, msg.dequeue_count) == (b"by hand", None, 0)
-    assert take_messages(output_queue, 1) == ["worked by hand"]
+    assert take_parsed(output_queue, 1) == ["worked by hand"]
 
 
 @pytest.mark.parametrize(
@@ -218,7 +218,7 @@ def test_the_runner_process_generates_a_master_key_and_prints_it_in_its_ready_li
 
         assert answer.status_code == 202
         # The host's output binding base64-encodes (host.json leaves messageEncoding at its default).
-        [written] = take_messages(output_queue, 1)
+        [written] = take_parsed(output_queue, 1)
         assert written == "c3dlcHQgYnkgdGhlIHByb2Nlc3M="  # base64 of "swept by the process"
     finally:
         process.terminate()

@@ -22,9 +22,9 @@ import requests
 from azure.storage.queue import QueueClient
 
 from devstack.runner import FunctionsRunner
-from devstack.storage import Azurite
+from devstack.storage import Azurite, message_count, take_messages
 from tests.support.hosts import FAST_HOST as RUNNER_TEST_HOST
-from tests.support.queues import message_count, take_messages, unique_queue_name
+from tests.support.queues import take_parsed, unique_queue_name
 
 pytestmark = pytest.mark.e2e
 
@@ -139,17 +139,8 @@ def queue(azurite: Azurite, name: str) -> QueueClient:
 
 
 def raw_messages(azurite: Azurite, name: str, count: int) -> list[str]:
-    """The messages' text as stored (take_messages parses JSON, which would hide the formatting)."""
-    client = queue(azurite, name)
-    texts: list[str] = []
-    deadline = time.monotonic() + 30
-    while len(texts) < count:
-        for message in client.receive_messages(messages_per_page=32):
-            texts.append(message.content)
-            client.delete_message(message)
-        assert time.monotonic() < deadline, f"{len(texts)} of {count} messages on {name}"
-        time.sleep(0.1)
-    return texts
+    """The messages' text as stored (take_parsed parses JSON, which would hide the formatting)."""
+    return take_messages(queue(azurite, name), count=count, timeout=30)
 
 
 def test_an_out_str_record_reaches_the_queue_as_newtonsoft_rewrote_it(
@@ -211,7 +202,7 @@ def test_a_metadata_field_the_worker_cannot_read_fails_every_delivery_into_the_p
     body = '{"job_id": "ftjob-abc", "InsertionTime": "2024-01-02T00:00:00Z"}'
     queue(azurite, queues["METADATA_QUEUE"]).send_message(body)
 
-    assert take_messages(queue(azurite, queues["METADATA_QUEUE"] + "-poison"), 1) == [json.loads(body)]
+    assert take_parsed(queue(azurite, queues["METADATA_QUEUE"] + "-poison"), 1) == [json.loads(body)]
     assert seen.messages == []
 
 
@@ -240,7 +231,7 @@ def test_at_most_python_threadpool_thread_count_invocations_run_at_once_across_h
     seen.release.set()
     for caller in callers:
         caller.join(timeout=60)
-    outputs = take_messages(queue(azurite, queues["OUTPUT_QUEUE"]), QUEUE_CALLS)
+    outputs = take_parsed(queue(azurite, queues["OUTPUT_QUEUE"]), QUEUE_CALLS)
 
     assert answers == [200] * HTTP_CALLS
     assert sorted(outputs) == [f"done message {n}" for n in range(QUEUE_CALLS)]

@@ -12,8 +12,8 @@ import pytest
 from azure.storage.queue import QueueClient
 
 from devstack.runner import FunctionsRunner, HostSettings
-from devstack.storage import Azurite
-from tests.support.queues import message_count, take_messages
+from devstack.storage import Azurite, message_count
+from tests.support.queues import take_parsed
 
 pytestmark = pytest.mark.e2e
 
@@ -75,7 +75,7 @@ def test_runner_writes_each_output_once_and_settles_each_message_when_azurite_re
 
         # A client of its own: one from before the restart would first wait out the SDK's 15 s retry.
         outputs_queue = QueueClient.from_connection_string(own_azurite.connection_string, "out-queue")
-        outputs = take_messages(outputs_queue, len(sent), timeout=20)
+        outputs = take_parsed(outputs_queue, len(sent), timeout=20)
         settled_after = time.monotonic() - released[0]
         while message_count(requests_queue) and time.monotonic() < released[0] + 20:
             time.sleep(0.1)
@@ -114,7 +114,7 @@ def test_runner_renews_the_lease_of_a_message_whose_function_outlasts_it(own_azu
     ).start()
     try:
         outputs_queue = QueueClient.from_connection_string(own_azurite.connection_string, "out-queue")
-        outputs = take_messages(outputs_queue, 1, timeout=20)
+        outputs = take_parsed(outputs_queue, 1, timeout=20)
         time.sleep(LEASE_SECONDS)  # a redelivery would have started by now
     finally:
         runner.stop()

@@ -9,13 +9,12 @@ from typing import Any
 from azure.storage.queue import QueueClient
 
 from devstack import storage
-from devstack.storage import message_count as message_count  # the e2e tests import it from here
 
 RECORD_TIMEOUT_SECONDS = 30.0
 
 
-def take_messages(queue: QueueClient, count: int, *, timeout: float = RECORD_TIMEOUT_SECONDS) -> list[Any]:
-    """Receive and delete messages until `count` came (JSON parsed where it parses); fail after `timeout`."""
+def take_parsed(queue: QueueClient, count: int, *, timeout: float = RECORD_TIMEOUT_SECONDS) -> list[Any]:
+    """`devstack.storage.take_messages` until `count` came, each JSON-parsed where it parses; fails the test after `timeout`."""
     try:
         texts = storage.take_messages(queue, count=count, timeout=timeout)
     except TimeoutError as err:
