@@ -64,7 +64,8 @@ class ResourcePacer:
     With it, a 429 advising `w` holds every caller of the resource (first attempts included) until `w` from
     now, then lets them start one at a time, `spacing` apart. The spacing starts at the advised wait (at most
     MAX_PACING_SPACING), grows on each 429 met by a call sent while paced and shrinks on each call let through,
-    so the callers settle near the rate the resource allows and are no longer paced once it stops throttling. Times are monotonic.
+    so the callers settle near the rate the resource allows and are no longer paced once it stops throttling.
+    Times are monotonic.
     """
 
     def __init__(self) -> None:
