@@ -17,6 +17,7 @@ from shared.bulk import cancel_many
 from shared.contract import max_dequeue_count
 from shared.guard import budget_alert, cancel_active, sweep
 from shared.health import health
+from shared.sdk_logging import quiet_sdk_request_logs
 from shared.triggers import cancel_from_http, handle_queue_message, write_records
 
 
@@ -30,6 +31,7 @@ class CancelFunctionApp(func.FunctionApp):
 
 
 app = CancelFunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+quiet_sdk_request_logs()  # the worker logs at INFO: without this, two SDK log lines per storage call
 
 MAX_DEQUEUE_COUNT = max_dequeue_count(Path(__file__).with_name("host.json"))
 

@@ -18,10 +18,9 @@ import logging
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.queue import LinearRetry, QueueClient
-from requests import Session
-from requests.adapters import HTTPAdapter
 
 from shared.built_once import BuiltOnce
+from shared.http_session import ca_bundle, new_session, route_for
 from shared.settings import ResultsQueueSettings, SettingsError, StorageConnection, load_results_queue_settings
 
 logger = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ class ResultsQueue:
         self._time_to_live = settings.time_to_live
         self._connection = settings.storage
         # Created on first use: no network at import or start-up.
-        self._client = BuiltOnce(lambda connection: _new_queue_client(connection, self.name, credential))
+        self._client = BuiltOnce(lambda connection: new_queue_client(connection, self.name, credential))
 
     def send(self, text: str) -> None:
         """Send one record's text as it is; raise `RecordNotWritten` when the queue will not take it."""
@@ -77,26 +76,38 @@ class ResultsQueue:
             ) from err
 
 
-def _new_queue_client(connection: StorageConnection, queue: str, credential: object | None) -> QueueClient:
-    session = Session()
-    session.mount("https://", HTTPAdapter(pool_maxsize=POOL_SIZE))
-    session.mount("http://", HTTPAdapter(pool_maxsize=POOL_SIZE))
+def new_queue_client(connection: StorageConnection, queue: str, credential: object | None) -> QueueClient:
+    """A client of one queue on the app's storage account, with our retries and timeouts.
+
+    The timeouts go to the transport itself: with a transport given, the storage SDK passes the client's
+    `connection_timeout` / `read_timeout` on to no one (azure-storage-queue `_shared/base_client.py`
+    `StorageAccountHostsMixin._create_pipeline` builds a `RequestsTransport(**kwargs)` only when none is given),
+    and the transport's own default is 300 s each.
+    """
+    session = new_session(pool_size=POOL_SIZE)
     options = {
-        "transport": RequestsTransport(session=session, session_owner=False),
+        "transport": RequestsTransport(
+            session=session,
+            session_owner=False,
+            connection_timeout=CONNECT_TIMEOUT_SECONDS,
+            read_timeout=READ_TIMEOUT_SECONDS,
+            connection_verify=ca_bundle(),
+        ),
         "retry_policy": LinearRetry(backoff=SEND_RETRY_BACKOFF_SECONDS, random_jitter_range=0, retry_total=SEND_RETRIES),
-        "connection_timeout": CONNECT_TIMEOUT_SECONDS,
-        "read_timeout": READ_TIMEOUT_SECONDS,
     }
     if connection.connection_string is not None:
-        return QueueClient.from_connection_string(
+        client = QueueClient.from_connection_string(
             expand_development_storage(connection.connection_string), queue, **options
         )
-    if credential is None:
-        from azure.identity import DefaultAzureCredential
+    else:
+        if credential is None:
+            from azure.identity import DefaultAzureCredential
 
-        # The host's own identity-based connection: AzureWebJobsStorage__clientId picks a user-assigned identity.
-        credential = DefaultAzureCredential(managed_identity_client_id=connection.client_id)
-    return QueueClient(connection.queue_service_url, queue, credential=credential, **options)
+            # The host's own identity-based connection: AzureWebJobsStorage__clientId picks a user-assigned identity.
+            credential = DefaultAzureCredential(managed_identity_client_id=connection.client_id)
+        client = QueueClient(connection.queue_service_url, queue, credential=credential, **options)
+    route_for(session, client.url)
+    return client
 
 
 def expand_development_storage(connection_string: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,10 +19,10 @@ from urllib.parse import quote
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from shared.errors import ConnectFailed, NoResponse, RetryableStatus, TimedOut, UnreadableBody
+from shared.http_session import new_session, route_for
 from shared.record_text import loads_bounded
 from shared.redaction import redact_json, redact_text, request_secrets
 from shared.retry import ResourcePacer, backoff_seconds, is_retryable_status, retry_after_seconds
@@ -74,7 +73,7 @@ class UpstreamClient:
         v1 = resource.api_version == V1_API_VERSION
         self._base = resource.endpoint + ("/openai/v1/fine_tuning/jobs" if v1 else "/openai/fine_tuning/jobs")
         self._params = {} if v1 else {"api-version": resource.api_version}  # v1 takes no api-version
-        self._session = session or _new_session(self._base)
+        self._session = session or route_for(new_session(pool_size=POOL_SIZE, pool_connections=4), self._base)
         self.pacer = pacer or ResourcePacer()  # shared by every client of the resource (ResourceClient)
         self._sleep = sleep
         self._clock = clock
@@ -271,17 +270,3 @@ def _finite_float(text: str) -> float:
     if math.isinf(number):
         raise ValueError(f"{text[:20]} is beyond a float's range")
     return number
-
-
-def _new_session(base_url: str) -> requests.Session:
-    """A session for one endpoint, its environment (CA bundle, proxies) read once, not per request."""
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    # What trust_env would look up on every request: the same REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE
-    # and *_PROXY / NO_PROXY rules, for our one endpoint. No .netrc: the api-key header is the auth.
-    session.proxies = requests.utils.get_environ_proxies(base_url)
-    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-    session.trust_env = False
-    return session

@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("azure").setLevel(logging.WARNING)  # the SDKs log every request at INFO
+    # Nothing turned down here: the worker logs everything at INFO, and the app quiets the SDKs itself
+    # (shared/sdk_logging.py), so what this shows is what Application Insights gets.
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
