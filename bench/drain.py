@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import statistics
 import sys
 import time
@@ -55,6 +57,28 @@ class DrainConfig:
         if self.rate_limit is not None and self.rate_limit < concurrency:
             return self.rate_limit, "rate limit R"
         return concurrency, "concurrency (in flight / mean latency)"
+
+
+class WorkerLogHandler(logging.Handler):
+    """Formats every log record, as the worker's `AsyncLoggingHandler.emit` does before sending it to the host
+    (azure-functions-python-worker `azure_functions_worker/dispatcher.py`), and counts them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.format(record)
+        self.records += 1
+
+
+def log_like_the_worker() -> WorkerLogHandler:
+    """The root logger at INFO with one handler, as `Dispatcher.dispatch_forever` sets it up in Azure."""
+    handler = WorkerLogHandler()
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    return handler
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -167,6 +191,7 @@ def drain(config: DrainConfig, job_ids: Sequence[str], environ: Mapping[str, str
         port=0,
         visibility_timeout=config.visibility_timeout,
     )
+    logs = log_like_the_worker()
     cpu_before, started = time.process_time(), time.time()
     runner.start()
     pool_threads = runner.pool.max_workers
@@ -186,12 +211,11 @@ def drain(config: DrainConfig, job_ids: Sequence[str], environ: Mapping[str, str
         "wall_seconds": ended - started,
         "runner_cpu_ms_per_message": cpu * 1000 / max(1, summary["distinct_jobs"]),
         "runner_cpu_share": cpu / max(ended - started, 1e-9),
+        "log_records_per_message": logs.records / max(1, summary["distinct_jobs"]),
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import os
-
     parser = argparse.ArgumentParser(prog="python -m bench.drain", description=__doc__)
     parser.add_argument("--config", required=True, help="DrainConfig as JSON")
     parser.add_argument("--jobs", type=Path, required=True, help="JSON list of job ids to queue")
@@ -206,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- the parent: one child per configuration ---------------------------------------------------
 
 
-def storage_ceiling(connection_string: str, *, threads: int, writes: int) -> dict[str, float]:
+def storage_ceiling(connection_string: str, *, threads: int, writes: int, azurite_pid: int) -> dict[str, float]:
     """Record-sized messages/s Azurite takes from `threads` writers at once, and their median time.
 
     Every drained message costs Azurite at least two such writes (its record, its delete) besides its
@@ -223,12 +247,37 @@ def storage_ceiling(connection_string: str, *, threads: int, writes: int) -> dic
         queue.send_message(body)
         return time.monotonic() - started
 
-    started = time.monotonic()
+    started, client_before, azurite_before = time.monotonic(), time.process_time(), process_cpu_seconds(azurite_pid)
     with ThreadPoolExecutor(threads) as writers:
         times = list(writers.map(write, range(writes)))
     seconds = time.monotonic() - started
+    client_cpu, azurite_cpu = time.process_time() - client_before, process_cpu_seconds(azurite_pid) - azurite_before
     queue.delete_queue()
-    return {"threads": threads, "writes_per_second": writes / seconds, "median_ms": statistics.median(times) * 1000}
+    return {
+        "threads": threads,
+        "writes_per_second": writes / seconds,
+        "median_ms": statistics.median(times) * 1000,
+        "client_cpu_ms_per_write": client_cpu * 1000 / writes,
+        "azurite_cpu_ms_per_write": azurite_cpu * 1000 / writes,
+    }
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a live process has used so far (Linux `/proc/<pid>/stat`)."""
+    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
+def cpu_per_message(result: Mapping[str, Any], azurite_cpu: float, simulator_cpu: float, cores: int) -> dict:
+    """CPU ms each process spent per drained message, and the drain rate those costs allow on `cores` cores."""
+    messages = max(1, result["distinct_jobs"])
+    costs = {
+        "runner": result["runner_cpu_ms_per_message"],
+        "azurite": azurite_cpu * 1000 / messages,
+        "simulator": simulator_cpu * 1000 / messages,
+    }
+    total = sum(costs.values())
+    return {"ms_per_message": costs, "total_ms": total, "bound": cores * 1000 / total if total else float("inf")}
 
 
 def drain_runs(
@@ -237,9 +286,14 @@ def drain_runs(
     simulator: Any,
     latency: Any,
     run_child: Callable[[DrainConfig, list[str]], dict[str, Any]],
+    azurite_pid: int,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Each configuration in a fresh runner process against `simulator` answering with `latency`."""
+    """Each configuration in a fresh runner process against `simulator` answering with `latency`.
+
+    `simulator` serves from threads of this process, which otherwise only waits for the child, so this
+    process's CPU during a run is the simulator's; Azurite's is read from its process (`azurite_pid`).
+    """
     from devstack.openai_sim import RateLimit
 
     runs = []
@@ -248,13 +302,17 @@ def drain_runs(
         job_ids = [simulator.create_job(status="running")["id"] for _ in range(config.messages)]
         simulator.rate_limit = RateLimit(config.rate_limit) if config.rate_limit else None
         cancels_before = simulator.counts.get(("POST", "cancel"), 0)
+        azurite_before, simulator_before = process_cpu_seconds(azurite_pid), time.process_time()
         try:
             result = run_child(config, job_ids)
         finally:
             simulator.rate_limit = None
+        azurite_cpu = process_cpu_seconds(azurite_pid) - azurite_before
+        simulator_cpu = time.process_time() - simulator_before
         calls = simulator.counts.get(("POST", "cancel"), 0) - cancels_before
         bound, bound_kind = config.bound(latency.mean)
         result.update(
+            cpu=cpu_per_message(result, azurite_cpu, simulator_cpu, os.cpu_count() or 1),
             config=asdict(config),
             in_flight=config.in_flight,
             mean_latency_ms=latency.mean * 1000,
@@ -270,7 +328,8 @@ def drain_runs(
             f"{bound:6.1f} ({bound_kind.split(' ')[0]}); in queue p50 {result['time_in_queue_s']['p50']:.1f} s "
             f"p99 {result['time_in_queue_s']['p99']:.1f} s; {result['calls_per_message']:.2f} calls/msg; "
             f"lost {result['lost']}, duplicates {result['duplicates']}; runner CPU "
-            f"{result['runner_cpu_ms_per_message']:.1f} ms/msg"
+            f"{result['runner_cpu_ms_per_message']:.1f} ms/msg, all processes {result['cpu']['total_ms']:.1f} ms/msg "
+            f"(a CPU bound of {result['cpu']['bound']:.0f} msg/s)"
         )
     simulator.latency = None
     return runs

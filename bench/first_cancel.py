@@ -22,8 +22,22 @@ def main(kind: str, job_id: str) -> int:
     ready = time.monotonic()
     case.thread_cancel()(job_id)
     done = time.monotonic()
-    print(json.dumps({"started": started, "platform": platform, "ready": ready, "done": done}), flush=True)
+    marks = {"started": started, "platform": platform, "ready": ready, "done": done}
+    print(json.dumps({**marks, "app_sources": _app_sources()}), flush=True)
     return 0
+
+
+def _app_sources() -> list[str]:
+    """The files of the app's own modules this process loaded (function_app and shared, not the harness)."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    files = (Path(getattr(module, "__file__", None) or "") for module in list(sys.modules.values()))
+    return sorted(
+        str(path.relative_to(repo))
+        for path in files
+        if path.suffix == ".py" and path.is_relative_to(repo) and path.relative_to(repo).parts[0] in ("shared", "function_app.py")
+    )
 
 
 if __name__ == "__main__":

@@ -167,13 +167,23 @@ class Bench:
         assert latency is not None
         configs = self.plan.drain_configs(latency.mean)
         in_flight = max(config.in_flight for config in configs)
-        storage = storage_ceiling(self.backends.azurite.connection_string, threads=in_flight, writes=10 * in_flight)
+        storage = storage_ceiling(
+            self.backends.azurite.connection_string,
+            threads=in_flight,
+            writes=10 * in_flight,
+            azurite_pid=self.backends.azurite.pid,
+        )
         log(
             f"  Azurite takes {storage['writes_per_second']:.0f} record writes/s from {in_flight} writers "
             f"(median {storage['median_ms']:.0f} ms each)"
         )
         runs = drain_runs(
-            configs, simulator=self.backends.local_simulator, latency=latency, run_child=self.drain_child, log=log
+            configs,
+            simulator=self.backends.local_simulator,
+            latency=latency,
+            run_child=self.drain_child,
+            azurite_pid=self.backends.azurite.pid,
+            log=log,
         )
         return {"latency": asdict(latency), "mean_latency_ms": latency.mean * 1000, "storage": storage, "runs": runs}
 

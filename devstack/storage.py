@@ -86,6 +86,12 @@ class Azurite:
         return self._child.log_path
 
     @property
+    def pid(self) -> int:
+        """The queue service's process id (for a benchmark's CPU accounting)."""
+        assert self._child.process is not None, "not started"
+        return self._child.process.pid
+
+    @property
     def child(self) -> ChildProcess:
         """The queue service's process (the one the chaos run restarts)."""
         return self._child
