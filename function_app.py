@@ -15,7 +15,6 @@ import azure.functions as func
 from shared.answers import HttpAnswer, bulk_answer
 from shared.bulk import cancel_many
 from shared.contract import max_dequeue_count
-from shared.guard import budget_alert, cancel_active, sweep
 from shared.health import health
 from shared.sdk_logging import quiet_sdk_request_logs
 from shared.triggers import cancel_from_http, handle_queue_message, write_records
@@ -113,10 +112,16 @@ def _http_response(answer: HttpAnswer) -> func.HttpResponse:
     )
 
 
+# The guard's modules are imported when a guard function first runs, not with the app: a cold start
+# that only cancels does not load them (about 25 ms of a cold start, docs/benchmarks.md).
+
+
 @app.function_name("guard_cancel_active")
 @app.route(route="guard/cancel-active", methods=["POST"])
 def guard_cancel_active(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/guard/cancel-active: the kill switch; enqueues a cancel of every active job asked for."""
+    from shared.guard import cancel_active
+
     return _http_response(cancel_active(req.get_body()))
 
 
@@ -124,6 +129,8 @@ def guard_cancel_active(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="guard/budget-alert", methods=["POST"])
 def guard_budget_alert(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/guard/budget-alert: an Azure budget alert, acted on as GUARD_POLICY's on_budget_alert says."""
+    from shared.guard import budget_alert
+
     return _http_response(budget_alert(req.get_body()))
 
 
@@ -135,4 +142,6 @@ def guard_sweep(timer: func.TimerRequest) -> None:
     The host refuses to index this function when GUARD_SCHEDULE is unset, and runs the others (see README,
     "Guardrails"); without GUARD_POLICY the sweep lists nothing.
     """
+    from shared.guard import sweep
+
     sweep()

@@ -18,6 +18,7 @@ import logging
 import os
 import statistics
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -202,11 +203,17 @@ def drain(config: DrainConfig, job_ids: Sequence[str], environ: Mapping[str, str
         if now_count != count:
             count, last_change = now_count, time.monotonic()
     ended = time.time()
+    by_role = thread_cpu_by_role()  # before stop(): the pools' threads end with it
     runner.stop(grace=5)
     cpu = time.process_time() - cpu_before
     summary = drain_summary(_read_records(results), sent_at, started)
+    for queue in (results, QueueClient.from_connection_string(connection_string, requests_queue)):
+        queue.delete_queue()  # Azurite's every call costs more the more messages it holds: leave none to the next run
     return {
         **summary,
+        "runner_cpu_ms_per_message_by_role": {
+            role: seconds * 1000 / max(1, summary["distinct_jobs"]) for role, seconds in by_role.items()
+        },
         "pool_threads": pool_threads,
         "wall_seconds": ended - started,
         "runner_cpu_ms_per_message": cpu * 1000 / max(1, summary["distinct_jobs"]),
@@ -236,9 +243,11 @@ def storage_ceiling(connection_string: str, *, threads: int, writes: int, azurit
     Every drained message costs Azurite at least two such writes (its record, its delete) besides its
     share of a Get Messages, so half this rate bounds the drain on this machine whatever the app does.
     """
-    from azure.storage.queue import QueueClient
+    from shared.results_queue import new_queue_client
+    from shared.settings import StorageConnection
 
-    queue = QueueClient.from_connection_string(connection_string, f"ceiling-{uuid.uuid4().hex[:10]}")
+    # The app's own client for its records (its connection pool holds the worker's 32 threads' calls).
+    queue = new_queue_client(StorageConnection(connection_string=connection_string), f"ceiling-{uuid.uuid4().hex[:10]}", None)
     queue.create_queue()
     body = json.dumps({"schema_version": 1, "job": {"id": "ftjob-" + "0" * 32, "status": "cancelled"}, "pad": "x" * 500})
 
@@ -263,9 +272,36 @@ def storage_ceiling(connection_string: str, *, threads: int, writes: int, azurit
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds a live process has used so far (Linux `/proc/<pid>/stat`)."""
-    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+    """User plus system CPU seconds a live process has used so far."""
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def _stat_cpu_seconds(stat: Path) -> float:
+    """utime + stime (fields 14 and 15) of a Linux `/proc/.../stat` file, in seconds."""
+    fields = stat.read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# Which side of Azure's split a runner thread stands for, by its name's prefix (devstack/runner/).
+THREAD_ROLES = (
+    ("worker-", "worker"),  # the Python worker's pool: our function, its upstream call and its record write
+    ("queue-", "host"),  # the host's queue listener (.NET in Azure): receive, invocation hand-off, delete
+    ("listener-", "host"),
+    ("leases-", "host"),
+)
+
+
+def thread_cpu_by_role() -> dict[str, float]:
+    """CPU seconds the live threads of this process have used, summed by role: worker, host, other."""
+    totals = {"worker": 0.0, "host": 0.0, "other": 0.0}
+    for thread in threading.enumerate():
+        try:
+            seconds = _stat_cpu_seconds(Path(f"/proc/self/task/{thread.native_id}/stat"))
+        except OSError:  # the thread ended meanwhile
+            continue
+        role = next((role for prefix, role in THREAD_ROLES if thread.name.startswith(prefix)), "other")
+        totals[role] += seconds
+    return totals
 
 
 def cpu_per_message(result: Mapping[str, Any], azurite_cpu: float, simulator_cpu: float, cores: int) -> dict:
@@ -278,6 +314,44 @@ def cpu_per_message(result: Mapping[str, Any], azurite_cpu: float, simulator_cpu
     }
     total = sum(costs.values())
     return {"ms_per_message": costs, "total_ms": total, "bound": cores * 1000 / total if total else float("inf")}
+
+
+def storage_op_costs(
+    connection_string: str, *, azurite_pid: int, backlogs: Sequence[int], operations: int = 320
+) -> list[dict[str, float]]:
+    """Azurite's CPU ms per Get Messages (of 16), Put Message and Delete Message, with `backlog` other messages
+    waiting in the queue. Azurite finds a message by scanning its store (its `LokiQueueMetadataStore.js`
+    `deleteMessage` and `clearExpiredMessages`, called on every operation), so each costs more the more it holds."""
+    from azure.storage.queue import QueueClient
+
+    body = json.dumps({"job_id": "ftjob-" + "0" * 32})
+    costs = []
+    for backlog in backlogs:
+        queue = QueueClient.from_connection_string(connection_string, f"costs-{uuid.uuid4().hex[:10]}")
+        queue.create_queue()
+        with ThreadPoolExecutor(ENQUEUE_THREADS) as senders:
+            list(senders.map(queue.send_message, [body] * (backlog + operations)))
+        before = process_cpu_seconds(azurite_pid)
+        received = []
+        while len(received) < operations:
+            received += list(queue.receive_messages(messages_per_page=16, max_messages=16, visibility_timeout=600))
+        after_receive = process_cpu_seconds(azurite_pid)
+        for _ in received:
+            queue.send_message(body)
+        after_send = process_cpu_seconds(azurite_pid)
+        for message in received:
+            queue.delete_message(message)
+        after_delete = process_cpu_seconds(azurite_pid)
+        queue.delete_queue()
+        costs.append(
+            {
+                "backlog": backlog,
+                "receive_16_ms": (after_receive - before) * 1000 / (len(received) / 16),
+                "send_ms": (after_send - after_receive) * 1000 / len(received),
+                "delete_ms": (after_delete - after_send) * 1000 / len(received),
+            }
+        )
+    return costs
 
 
 def drain_runs(

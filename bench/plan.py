@@ -43,6 +43,8 @@ class Plan:
     drain_batches: tuple[tuple[int, int], ...] = ((8, 4), (16, 8), (16, 16), (32, 16))
     drain_rates: tuple[float, ...] = (25.0, 50.0, 100.0)
     drain_visibility_seconds: float = 30.0  # host.json's visibilityTimeout
+    storage_backlogs: tuple[int, ...] = (0, 1000, 3000)  # Azurite's cost per call measured with these many waiting
+    storage_operations: int = 320  # calls of each kind timed per backlog
 
     def drain_configs(self, mean_latency: float) -> list[DrainConfig]:
         """The shipped configuration first, then pool sizes, batch settings and rate limits around it."""
@@ -97,4 +99,6 @@ SMOKE = Plan(
     drain_batches=((16, 8),),
     drain_rates=(50.0,),
     drain_visibility_seconds=1.0,
+    storage_backlogs=(0, 50),
+    storage_operations=32,
 )

@@ -30,7 +30,7 @@ from typing import Any
 
 from bench import chart, cold_start, load, report
 from bench.backends import API_KEY, REPO, Backends
-from bench.drain import DrainConfig, drain_runs, storage_ceiling
+from bench.drain import DrainConfig, drain_runs, storage_ceiling, storage_op_costs
 from bench.plan import FULL, PARTS, SMOKE, Plan
 from bench.targets import ratios, summarize, targets
 from devstack.openai_sim import latency_from_milliseconds
@@ -177,6 +177,17 @@ class Bench:
             f"  Azurite takes {storage['writes_per_second']:.0f} record writes/s from {in_flight} writers "
             f"(median {storage['median_ms']:.0f} ms each)"
         )
+        storage["op_costs"] = storage_op_costs(
+            self.backends.azurite.connection_string,
+            azurite_pid=self.backends.azurite.pid,
+            backlogs=self.plan.storage_backlogs,
+            operations=self.plan.storage_operations,
+        )
+        for cost in storage["op_costs"]:
+            log(
+                f"  Azurite CPU with {cost['backlog']:,} messages waiting: Get Messages (16) {cost['receive_16_ms']:.1f} ms, "
+                f"Put Message {cost['send_ms']:.1f} ms, Delete Message {cost['delete_ms']:.1f} ms"
+            )
         runs = drain_runs(
             configs,
             simulator=self.backends.local_simulator,

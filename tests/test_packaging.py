@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,3 +78,16 @@ def test_every_package_the_deployed_code_imports_is_a_runtime_requirement() -> N
                         needed[distribution.lower()] = f"{path.name}: {module}"
     missing = {name: where for name, where in needed.items() if name not in requirements and name != "azure-core"}
     assert not missing, f"imported by the deployed code but not in requirements.txt: {missing}"
+
+
+def test_loading_the_app_leaves_the_guard_and_the_blob_sdk_unloaded() -> None:
+    """A cold start that cancels loads what a cancel needs: the guard (and its blob SDK) waits for a guard function."""
+    probe = (
+        "import sys, azure.functions, function_app\n"
+        "function_app.app.get_functions()\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('shared.guard', 'azure.storage.blob'))))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
+    ).stdout.strip()
+    assert loaded == "[]"

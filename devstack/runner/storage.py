@@ -14,9 +14,16 @@ from typing import TypeVar
 from azure.core.exceptions import (
     ResourceExistsError,
 )
+from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from devstack.storage import with_storage_retries
+from shared.http_session import new_session, route_for
+
+# Connections kept per storage account: the listeners' messages in flight (batchSize + newBatchThreshold, up to
+# 64 + 32) each settle with a call. The SDK's default transport keeps 10 and opens a new connection for every
+# call beyond them; the host's .NET HttpClient keeps what it opens.
+POOL_SIZE = 96
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +47,11 @@ class QueueClients:
         with self._lock:
             service = self._services.get(connection_string)
             if service is None:
-                service = QueueServiceClient.from_connection_string(connection_string, retry_total=0)
+                session = new_session(pool_size=POOL_SIZE)
+                service = QueueServiceClient.from_connection_string(
+                    connection_string, retry_total=0, transport=RequestsTransport(session=session, session_owner=True)
+                )
+                route_for(session, service.url)
                 self._services[connection_string] = service
         return service.get_queue_client(name)
 
