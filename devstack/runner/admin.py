@@ -78,11 +78,9 @@ class AdminApi:
         self._base64_encode = base64_encode
 
     def handle(self, handler: QuietHandler, path: str, *, offered_key: str, body: bytes) -> None:
-        if path.rstrip("/") == HOST_STATUS_PATH:
-            handler.send_json(200, {"state": "Running", "version": "local-runner"})
-            return
+        status = path.rstrip("/").lower() == HOST_STATUS_PATH
         name = path[len(FUNCTIONS_PATH) :].rstrip("/") if path.lower().startswith(FUNCTIONS_PATH) else ""
-        if handler.command != "POST" or not name or "/" in name:
+        if (handler.command, status) != ("GET", True) and (handler.command != "POST" or not name or "/" in name):
             _refuse(
                 handler,
                 404,
@@ -90,9 +88,14 @@ class AdminApi:
                 f"not {handler.command} {path}",
             )
             return
+        # Both need the master key: host `HostController.cs` `GetHostStatus` and `FunctionsController.cs` `Invoke`
+        # carry `[Authorize(Policy = PolicyNames.AdminAuthLevel...)]`.
         level = self._keys.level(offered_key)
         if level != "admin":
             handler.send_raw(401 if level == "anonymous" else 403, b"", content_type="text/plain")
+            return
+        if status:
+            handler.send_json(200, {"state": "Running", "version": "local-runner"})
             return
         invocation = _invocation_input(body)
         if invocation is _NO_INVOCATION:

@@ -1,4 +1,5 @@
-"""The host's admin API in the local runner: `POST /admin/functions/{name}` runs a non-HTTP function on demand.
+"""The host's admin API in the local runner: `POST /admin/functions/{name}` runs a non-HTTP function on demand,
+`GET /admin/host/status` says the host runs.
 
 Host `src/WebJobs.Script.WebHost/Controllers/FunctionsController.cs` `Invoke` (400 without a body, 404 for an
 unknown name, else 202 while the function runs), behind the master key (`AuthenticationLevelHandler.cs`
@@ -160,6 +161,17 @@ def test_an_http_function_refused_on_the_admin_api_is_named_in_the_answer(runner
     answer = admin_invoke(runner, "hello", {"input": ""}, headers={"x-functions-key": MASTER_KEY})
 
     assert "'hello' is an HTTP function" in answer.text
+
+
+@pytest.mark.parametrize(("key", "status"), [(None, 401), ("not-a-key", 401), (FUNCTION_KEY, 403), (MASTER_KEY, 200)])
+def test_the_host_status_answers_the_master_key_only(runner: FunctionsRunner, key: str | None, status: int):
+    # Host `Controllers/HostController.cs` `GetHostStatus`: [Authorize(Policy = PolicyNames.AdminAuthLevelOrInternal)].
+    headers = {"x-functions-key": key} if key else {}
+    answer = requests.get(f"{runner.base_url}/admin/host/status", headers=headers, timeout=10)
+
+    assert answer.status_code == status
+    if status == 200:
+        assert answer.json()["state"] == "Running"
 
 
 @pytest.mark.parametrize(("key", "status"), [(None, 401), (FUNCTION_KEY, 200), (MASTER_KEY, 200)])
