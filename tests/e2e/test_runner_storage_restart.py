@@ -72,11 +72,12 @@ def test_runner_writes_each_output_once_and_settles_each_message_when_azurite_re
         threading.Thread(target=release_once_azurite_is_down, daemon=True).start()
         # From this thread: a child started by a thread that then ends gets SIGTERM (PR_SET_PDEATHSIG).
         own_azurite.restart(down_seconds=AZURITE_DOWN_SECONDS)
+        serving_again = time.monotonic()  # restart() returns once Azurite answers (its start-up is slower under load)
 
         # A client of its own: one from before the restart would first wait out the SDK's 15 s retry.
         outputs_queue = QueueClient.from_connection_string(own_azurite.connection_string, "out-queue")
         outputs = take_parsed(outputs_queue, len(sent), timeout=20)
-        settled_after = time.monotonic() - released[0]
+        settled_after = time.monotonic() - serving_again
         while message_count(requests_queue) and time.monotonic() < released[0] + 20:
             time.sleep(0.1)
     finally:
@@ -86,7 +87,10 @@ def test_runner_writes_each_output_once_and_settles_each_message_when_azurite_re
     assert message_count(outputs_queue) == 0  # each once: a write that never reached Azurite is safe to repeat
     assert message_count(requests_queue) == 0  # every message deleted, none waiting for its lease to run out
     assert message_count(QueueClient.from_connection_string(own_azurite.connection_string, "in-queue-poison")) == 0
-    assert settled_after < AZURITE_DOWN_SECONDS + 6  # the SDK's own retries would have waited 15 s or more
+    # The runner tries again at most 2 s apart, so the batch settles within seconds of Azurite answering again;
+    # the SDK's own retries would have waited 15 s or more. Counted from then, not from the release, so that a slow
+    # Azurite start on a loaded machine does not count against the runner.
+    assert settled_after < 8
 
 
 def test_runner_renews_the_lease_of_a_message_whose_function_outlasts_it(own_azurite: Azurite):
