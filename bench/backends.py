@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Self
 
 from bench import load
-from devstack.environment import SECRET_NAME, child_environ, emulator_app_settings
+from devstack.environment import RESULTS_QUEUE, SECRET_NAME, child_environ, emulator_app_settings
 from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
 from devstack.processes import read_ready_line
@@ -85,6 +85,16 @@ class Backends:
     def create_jobs(self, count: int) -> list[str]:
         """Cancellable jobs for one run, made over HTTP before the run starts."""
         return load.create_jobs(self.port, API_KEY, count)
+
+    def clear_records(self) -> None:
+        """Empty the results queue: Azurite's every Get and Delete scans all the messages the account holds
+        (see `bench.drain.storage_op_costs`), so records left by one run would slow the runs after it."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self.azurite.queue(RESULTS_QUEUE).clear_messages()
+        except ResourceNotFoundError:  # no run has written a record yet
+            pass
 
     def kv_reads(self) -> int:
         return self.vault.read_count(SECRET_NAME)

@@ -94,6 +94,10 @@ def drain_chart(results: dict[str, Any], path: Path) -> None:
         chosen = sorted(chosen, key=key)
         positions = range(len(chosen))
         axes.plot(positions, [r["bound"] for r in chosen], "--", color="#888888", marker="_", label="bound")
+        if all("cpu" in r for r in chosen):
+            axes.plot(
+                positions, [r["cpu"]["bound"] for r in chosen], ":", color="#c0504d", label="CPU bound on this machine"
+            )
         axes.plot(positions, [r["messages_per_second"] for r in chosen], "-o", color=COLOURS[0], label="drain rate")
         for x, r in zip(positions, chosen):
             axes.annotate(

@@ -346,6 +346,7 @@ def storage_op_costs(
         costs.append(
             {
                 "backlog": backlog,
+                "operations": len(received),
                 "receive_16_ms": (after_receive - before) * 1000 / (len(received) / 16),
                 "send_ms": (after_send - after_receive) * 1000 / len(received),
                 "delete_ms": (after_delete - after_send) * 1000 / len(received),

@@ -89,6 +89,7 @@ class Bench:
         jobs = self.jobs_file(self.plan.warmup(case, concurrency), cancels or self.plan.timed_cancels(case))
         self.backends.vault.reset_counts()
         result = self.worker("bench.worker", case, "--concurrency", str(concurrency), "--jobs", str(jobs), **environ)
+        self.backends.clear_records()
         if result["failures"]:
             raise BenchError(
                 f"{case} at concurrency {concurrency}: {result['failures']} failed cancels, "
