@@ -238,11 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def storage_ceiling(connection_string: str, *, threads: int, writes: int, azurite_pid: int) -> dict[str, float]:
-    """Record-sized messages/s Azurite takes from `threads` writers at once, and their median time.
-
-    Every drained message costs Azurite at least two such writes (its record, its delete) besides its
-    share of a Get Messages, so half this rate bounds the drain on this machine whatever the app does.
-    """
+    """Record-sized messages/s Azurite takes from `threads` writers at once in this process, their median time,
+    and what each write costs Azurite's CPU and this process's (the storage SDK), on an empty queue."""
     from shared.results_queue import new_queue_client
     from shared.settings import StorageConnection
 

@@ -222,7 +222,7 @@ def knee_text(runs: list[dict[str, Any]]) -> str:
     )
     return f"""
 **Where the knee is.** By pool threads (msg/s; {rates}) the drain stops growing at {threads["config"]["threads"]}
-threads; by batch settings at 32 threads ({batches}) at {batch["config"]["batch_size"]}+{batch["config"]["new_batch_threshold"]}
+threads; by batch settings at {shipped["config"]["threads"]} threads ({batches}) at {batch["config"]["batch_size"]}+{batch["config"]["new_batch_threshold"]}
 (the first within 5% of the best). Past those the limit is Azurite, one Node thread on these shared cores (below;
 the dotted line in the chart is what the three processes' CPU allows): more invocations in flight only wait longer
 in its line, so time in queue grows and the rate does not. The shipped
