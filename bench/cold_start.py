@@ -28,15 +28,14 @@ VARIANTS = {
     "naive-entra": ("naive-entra", "entra"),
 }
 IMPORTTIME_TOP = 8  # top-level imports listed per kind
-_LOADED_SOURCES: dict[str, list[str]] = {}  # case -> the app's source files its last cold start loaded
 
 
-def run_child(kind: str, job_id: str, environ: Mapping[str, str], repo: Path) -> dict[str, float]:
-    """One fresh process's first cancel, in seconds: start-up, azure-functions, set-up, first cancel, total."""
+def run_child(kind: str, job_id: str, environ: Mapping[str, str], repo: Path) -> tuple[dict[str, float], list[str]]:
+    """One fresh process's first cancel, in seconds (start-up, azure-functions, set-up, first cancel, total),
+    and the app's source files it loaded."""
     spawned = time.monotonic()
     completed = _first_cancel(kind, job_id, environ, repo)
     marks = json.loads(completed.stdout.strip().splitlines()[-1])
-    _LOADED_SOURCES[kind] = marks["app_sources"]
     return {
         "interpreter": marks["started"] - spawned,
         "azure_functions": marks["platform"] - marks["started"],
@@ -44,7 +43,7 @@ def run_child(kind: str, job_id: str, environ: Mapping[str, str], repo: Path) ->
         "first_cancel": marks["done"] - marks["ready"],
         "total": marks["done"] - spawned,
         "total_less_azure_functions": marks["done"] - spawned - (marks["platform"] - marks["started"]),
-    }
+    }, marks["app_sources"]
 
 
 def import_breakdown(kind: str, job_ids: Sequence[str], environ: Mapping[str, str], repo: Path) -> dict[str, Any]:
@@ -106,17 +105,21 @@ def measure(
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
     jobs = iter(job_ids)
     names = list(VARIANTS)
+    app_sources: list[str] = []
     for index in range(samples):
         for name in names if index % 2 == 0 else names[::-1]:
             case, mode = VARIANTS[name]
-            runs[name].append(run_child(case, next(jobs), {**environ, "AZURE_OPENAI_AUTH": mode}, repo))
+            timings, sources = run_child(case, next(jobs), {**environ, "AZURE_OPENAI_AUTH": mode}, repo)
+            runs[name].append(timings)
+            if case == "ours":
+                app_sources = sources  # what the last cold start of ours loaded
         log(
             f"  cold start {index + 1}/{samples}: "
             + ", ".join(f"{name} {runs[name][-1]['total'] * 1000:.0f} ms" for name in names)
         )
     return {
         "samples": samples,
-        "source_compile": source_compile_ms(repo, environ, _LOADED_SOURCES.get("ours", [])),
+        "source_compile": source_compile_ms(repo, environ, app_sources),
         "variants": {name: {"case": case, "auth": mode} for name, (case, mode) in VARIANTS.items()},
         "runs": runs,
         "importtime": {

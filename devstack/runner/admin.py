@@ -78,9 +78,10 @@ class AdminApi:
         self._base64_encode = base64_encode
 
     def handle(self, handler: QuietHandler, path: str, *, offered_key: str, body: bytes) -> None:
-        status = path.rstrip("/").lower() == HOST_STATUS_PATH
         name = path[len(FUNCTIONS_PATH) :].rstrip("/") if path.lower().startswith(FUNCTIONS_PATH) else ""
-        if (handler.command, status) != ("GET", True) and (handler.command != "POST" or not name or "/" in name):
+        status = handler.command == "GET" and path.rstrip("/").lower() == HOST_STATUS_PATH
+        invoke = handler.command == "POST" and bool(name) and "/" not in name
+        if not (status or invoke):
             _refuse(
                 handler,
                 404,

@@ -20,9 +20,10 @@ from azure.storage.queue import QueueClient, QueueServiceClient
 from devstack.storage import with_storage_retries
 from shared.http_session import new_session, route_for
 
-# Connections kept per storage account: the listeners' messages in flight (batchSize + newBatchThreshold, up to
-# 64 + 32) each settle with a call. The SDK's default transport keeps 10 and opens a new connection for every
-# call beyond them; the host's .NET HttpClient keeps what it opens.
+# Connections kept per storage account: each message a listener holds (batchSize + newBatchThreshold, batchSize at
+# most 32: host_config.MAX_BATCH_SIZE) settles with a call of its own, and several listeners may share the account.
+# The SDK's default transport keeps 10 and opens a new connection for every call beyond them; the host's .NET
+# HttpClient keeps what it opens.
 POOL_SIZE = 96
 
 logger = logging.getLogger(__name__)
