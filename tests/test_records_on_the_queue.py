@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 from datetime import timedelta
 
 import azure.functions as func
@@ -20,7 +19,9 @@ from azure.storage.queue import QueueClient
 from devstack.openai_sim import FineTuningSimulator
 from shared.contract import RetryLater
 from shared.record_text import KEPT_JOB_FIELDS
+from shared.results_queue import development_storage_connection_string
 from tests.support.handlers import call_bulk, drain_results, handler
+from tests.support.network import closed_port
 from tests.support.records import assert_queue_safe, strict_loads
 
 
@@ -77,15 +78,7 @@ def _peek() -> list:
 
 @pytest.fixture
 def storage_down(monkeypatch) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    monkeypatch.setenv(
-        "AzureWebJobsStorage",
-        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-        "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
-        f"QueueEndpoint=http://127.0.0.1:{closed_port}/devstoreaccount1;",
-    )
+    monkeypatch.setenv("AzureWebJobsStorage", development_storage_connection_string(f"http://127.0.0.1:{closed_port()}"))
 
 
 def test_http_cancel_whose_record_cannot_be_written_answers_503_saying_so(

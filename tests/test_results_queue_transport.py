@@ -17,6 +17,7 @@ from shared import results_queue
 from shared.results_queue import RecordNotWritten, ResultsQueue
 from shared.sdk_logging import HTTP_LOGGING_POLICY_LOGGER, quiet_sdk_request_logs
 from shared.settings import ResultsQueueSettings, StorageConnection
+from tests.support.network import closed_port
 from tests.support.queues import unique_queue_name
 
 PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
@@ -91,13 +92,8 @@ def _proxies(monkeypatch: pytest.MonkeyPatch, *, proxy: str, no_proxy: str | Non
         monkeypatch.setenv("NO_PROXY", no_proxy)
 
 
-def _closed_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return probe.getsockname()[1]
-
-
 def test_records_go_through_the_proxy_the_environment_names(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> None:
-    _proxies(monkeypatch, proxy=f"http://127.0.0.1:{_closed_port()}", no_proxy=None)
+    _proxies(monkeypatch, proxy=f"http://127.0.0.1:{closed_port()}", no_proxy=None)
     monkeypatch.setattr(results_queue, "SEND_RETRIES", 0)
     queue = results_queue_at(azurite.connection_string, unique_queue_name("via-proxy"))
     with pytest.raises(RecordNotWritten, match="no answer"):  # the proxy is down, so the write cannot get through
@@ -105,7 +101,7 @@ def test_records_go_through_the_proxy_the_environment_names(azurite: Azurite, mo
 
 
 def test_no_proxy_sends_records_straight_to_storage(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> None:
-    _proxies(monkeypatch, proxy=f"http://127.0.0.1:{_closed_port()}", no_proxy="127.0.0.1,localhost")
+    _proxies(monkeypatch, proxy=f"http://127.0.0.1:{closed_port()}", no_proxy="127.0.0.1,localhost")
     name = unique_queue_name("no-proxy")
     results_queue_at(azurite.connection_string, name).send('{"schema_version":1,"n":1}')
     assert take_messages(azurite.queue(name), count=1, timeout=5) == ['{"schema_version":1,"n":1}']

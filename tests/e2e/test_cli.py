@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from devstack.keyvault_emulator import KeyVaultEmulator
 from devstack.openai_sim import FineTuningSimulator
 from devstack.runner import development_storage_connection_string
 from devstack.storage import Azurite, message_count
+from tests.support import network
 from tests.support.queues import unique_queue_name
 
 pytestmark = pytest.mark.e2e
@@ -139,9 +139,7 @@ def cli(tmp_path: Path) -> Iterator[Cli]:
 @pytest.fixture
 def closed_port() -> int:
     """A loopback port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return network.closed_port()
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
